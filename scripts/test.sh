@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs Slipway's whole test suite: installs what the tests need (Debian packages as root),
+# checks formatting and lints, builds the release binary, then runs every test.
+# In CI (CI=true) tests that need root, network namespaces or QEMU must run: they fail
+# instead of skipping when something they need is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use (real clients and peers). Extend as suites grow.
+PACKAGES=(curl)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "test.sh: missing packages ${missing[*]}; run as root to install them" >&2
+    exit 1
+  fi
+  echo "test.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+for c in rustfmt clippy; do
+  cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$c"
+done
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo build --release"
+cargo build --locked --release
+echo "== cargo test"
+cargo test --locked --all-targets -- "$@"

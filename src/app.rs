@@ -1,0 +1,93 @@
+//! State shared by every server: the current plan (swapped atomically on reload), the
+//! persistent store, and where the description lives.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::desc::{self, Diagnostics};
+use crate::plan::Plan;
+use crate::store::Store;
+
+pub struct App {
+    pub config_path: PathBuf,
+    pub store: Arc<dyn Store>,
+    plan: ArcSwap<Plan>,
+    generation: AtomicU64,
+}
+
+/// What a successful reload changed, for the log and the event record.
+#[derive(Debug)]
+pub struct Reloaded {
+    pub generation: u64,
+    pub nodes: usize,
+    /// Settings that only take effect on restart (bound sockets do not move).
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl App {
+    pub fn new(config_path: PathBuf, plan: Plan, store: Arc<dyn Store>) -> Arc<App> {
+        Arc::new(App {
+            config_path,
+            store,
+            plan: ArcSwap::from_pointee(plan),
+            generation: AtomicU64::new(1),
+        })
+    }
+
+    /// The plan in force now. Callers hold the `Arc` for the length of one request.
+    pub fn plan(&self) -> Arc<Plan> {
+        self.plan.load_full()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Re-reads the description. An invalid file leaves the current plan serving.
+    pub fn reload(&self) -> Result<Reloaded, Diagnostics> {
+        let result = desc::load(&self.config_path).map(|d| Plan::from_desc(&d));
+        let new = match result {
+            Ok(p) => p,
+            Err(diags) => {
+                let msg = format!(
+                    "reload of {} failed: {} error(s); the previous plan stays in force",
+                    self.config_path.display(),
+                    diags.len()
+                );
+                if let Err(e) = self.store.append_event("plan.reload_failed", None, &msg) {
+                    tracing::warn!(error = %e, "could not record reload failure event");
+                }
+                return Err(diags);
+            }
+        };
+        let old = self.plan();
+        let (ob, nb) = (&old.bootstrapper, &new.bootstrapper);
+        let mut needs_restart = Vec::new();
+        if ob.interface != nb.interface || ob.address != nb.address {
+            needs_restart.push("bootstrapper.interface/address");
+        }
+        if (ob.http_port, ob.registry_port, ob.dns_port, ob.tftp_port)
+            != (nb.http_port, nb.registry_port, nb.dns_port, nb.tftp_port)
+        {
+            needs_restart.push("bootstrapper.ports");
+        }
+        let nodes = new.nodes.len();
+        self.plan.store(Arc::new(new));
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let msg = format!(
+            "plan generation {generation} loaded from {}: {nodes} nodes",
+            self.config_path.display()
+        );
+        if let Err(e) = self.store.append_event("plan.reloaded", None, &msg) {
+            tracing::warn!(error = %e, "could not record reload event");
+        }
+        Ok(Reloaded {
+            generation,
+            nodes,
+            needs_restart,
+        })
+    }
+}

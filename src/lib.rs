@@ -1,0 +1,9 @@
+//! Slipway: a bare-metal Kubernetes bootstrapper in one binary.
+
+pub mod app;
+pub mod desc;
+pub mod http;
+pub mod plan;
+pub mod serve;
+pub mod status;
+pub mod store;
