@@ -100,6 +100,25 @@ pub struct Event {
     pub message: String,
 }
 
+/// One write of a batch applied with [`Store::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    PutLease(Lease),
+    DeleteLease(String),
+    Transition {
+        mac: String,
+        hostname: Option<String>,
+        state: NodeState,
+        detail: Option<String>,
+        at_millis: u64,
+    },
+    Event {
+        kind: String,
+        mac: Option<String>,
+        message: String,
+    },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state store I/O error: {0}")]
@@ -187,6 +206,10 @@ pub trait Store: Send + Sync {
         mac: Option<&str>,
         message: &str,
     ) -> Result<Event, StoreError>;
+    /// Applies a batch of writes in one durable transaction (one fsync for all of them: the
+    /// DHCP server's group commit). Each op gets its own result; an op that fails (a lease
+    /// conflict) writes nothing, the others still commit. `Err` means nothing was committed.
+    fn apply(&self, ops: &[Op]) -> Result<Vec<Result<(), StoreError>>, StoreError>;
     /// Up to `limit` events with `seq > after_seq`, oldest first.
     fn events_since(&self, after_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
     /// The last `limit` events, newest last.

@@ -18,8 +18,8 @@ use redb::{
 use serde::de::DeserializeOwned;
 
 use super::{
-    DEFAULT_MAX_EVENTS, Event, HISTORY_CAP, Lease, NodeRecord, SCHEMA_VERSION, Store, StoreError,
-    Transition, decode, encode, now_millis,
+    DEFAULT_MAX_EVENTS, Event, HISTORY_CAP, Lease, NodeRecord, Op, SCHEMA_VERSION, Store,
+    StoreError, Transition, decode, encode, now_millis,
 };
 use crate::status::NodeState;
 
@@ -201,33 +201,8 @@ impl Store for RedbStore {
     }
 
     fn put_lease(&self, lease: &Lease) -> Result<(), StoreError> {
-        let ip_key = lease.ip.to_string();
-        let value = encode(LEASES.name(), &lease.mac, lease)?;
         let txn = self.db.begin_write()?;
-        {
-            let mut leases = txn.open_table(LEASES)?;
-            let mut ips = txn.open_table(LEASE_IPS)?;
-            let holder = ips.get(ip_key.as_str())?.map(|g| g.value().to_string());
-            if let Some(held_by) = holder
-                && held_by != lease.mac
-            {
-                return Err(StoreError::Conflict {
-                    ip: lease.ip,
-                    held_by,
-                });
-            }
-            let old = leases.insert(lease.mac.as_str(), value.as_str())?;
-            let old_ip = match old {
-                Some(g) => Some(decode::<Lease>(LEASES.name(), &lease.mac, g.value())?.ip),
-                None => None,
-            };
-            if let Some(old_ip) = old_ip
-                && old_ip != lease.ip
-            {
-                ips.remove(old_ip.to_string().as_str())?;
-            }
-            ips.insert(ip_key.as_str(), lease.mac.as_str())?;
-        }
+        put_lease_in(&txn, lease)?;
         txn.commit()?;
         Ok(())
     }
@@ -259,23 +234,7 @@ impl Store for RedbStore {
 
     fn delete_lease(&self, mac: &str) -> Result<bool, StoreError> {
         let txn = self.db.begin_write()?;
-        let existed = {
-            let mut leases = txn.open_table(LEASES)?;
-            let mut ips = txn.open_table(LEASE_IPS)?;
-            let old = match leases.remove(mac)? {
-                Some(g) => Some(decode::<Lease>(LEASES.name(), mac, g.value())?),
-                None => None,
-            };
-            if let Some(old) = &old {
-                let ip_key = old.ip.to_string();
-                // Only drop the index entry if it really points at this MAC.
-                let points_here = ips.get(ip_key.as_str())?.is_some_and(|g| g.value() == mac);
-                if points_here {
-                    ips.remove(ip_key.as_str())?;
-                }
-            }
-            old.is_some()
-        };
+        let existed = delete_lease_in(&txn, mac)?;
         txn.commit()?;
         Ok(existed)
     }
@@ -301,39 +260,7 @@ impl Store for RedbStore {
         at_millis: u64,
     ) -> Result<NodeRecord, StoreError> {
         let txn = self.db.begin_write()?;
-        let record = {
-            let mut nodes = txn.open_table(NODES)?;
-            let existing: Option<NodeRecord> = nodes
-                .get(mac)?
-                .map(|g| decode(NODES.name(), mac, g.value()))
-                .transpose()?;
-            let mut record = existing.unwrap_or_else(|| NodeRecord {
-                mac: mac.to_string(),
-                hostname: None,
-                state,
-                detail: None,
-                updated_at: at_millis,
-                history: Vec::new(),
-            });
-            if let Some(h) = hostname {
-                record.hostname = Some(h.to_string());
-            }
-            record.state = state;
-            record.detail = detail.map(str::to_string);
-            record.updated_at = at_millis;
-            record.history.push(Transition {
-                state,
-                at: at_millis,
-                detail: detail.map(str::to_string),
-            });
-            if record.history.len() > HISTORY_CAP {
-                let excess = record.history.len() - HISTORY_CAP;
-                record.history.drain(..excess);
-            }
-            let value = encode(NODES.name(), mac, &record)?;
-            nodes.insert(mac, value.as_str())?;
-            record
-        };
+        let record = record_transition_in(&txn, mac, hostname, state, detail, at_millis)?;
         txn.commit()?;
         Ok(record)
     }
@@ -352,41 +279,41 @@ impl Store for RedbStore {
         message: &str,
     ) -> Result<Event, StoreError> {
         let txn = self.db.begin_write()?;
-        let event = {
-            let mut meta = txn.open_table(META)?;
-            let mut events = txn.open_table(EVENTS)?;
-            // The meta counter survives retention emptying the table; the table's last key
-            // covers databases where the counter lags. Either way a seq is never reused.
-            let last_meta = meta.get(KEY_LAST_EVENT_SEQ)?.map_or(0, |g| g.value());
-            let last_table = events.last()?.map_or(0, |(k, _)| k.value());
-            let seq = last_meta.max(last_table).checked_add(1).ok_or_else(|| {
-                StoreError::Corrupt("events: sequence number exhausted".to_string())
-            })?;
-            let event = Event {
-                seq,
-                at: now_millis(),
-                kind: kind.to_string(),
-                mac: mac.map(str::to_string),
-                message: message.to_string(),
-            };
-            let value = encode(EVENTS.name(), seq, &event)?;
-            events.insert(seq, value.as_str())?;
-            meta.insert(KEY_LAST_EVENT_SEQ, seq)?;
-
-            let len = events.len()?;
-            if len > self.max_events {
-                let excess = usize::try_from(len - self.max_events).unwrap_or(usize::MAX);
-                // First retained key: everything strictly below it goes.
-                let keep_from = match events.iter()?.nth(excess) {
-                    Some(entry) => entry?.0.value(),
-                    None => seq + 1,
-                };
-                events.retain_in(..keep_from, |_, _| false)?;
-            }
-            event
-        };
+        let event = append_event_in(&txn, self.max_events, kind, mac, message)?;
         txn.commit()?;
         Ok(event)
+    }
+
+    fn apply(&self, ops: &[Op]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(match op {
+                Op::PutLease(lease) => put_lease_in(&txn, lease),
+                Op::DeleteLease(mac) => delete_lease_in(&txn, mac).map(|_| ()),
+                Op::Transition {
+                    mac,
+                    hostname,
+                    state,
+                    detail,
+                    at_millis,
+                } => record_transition_in(
+                    &txn,
+                    mac,
+                    hostname.as_deref(),
+                    *state,
+                    detail.as_deref(),
+                    *at_millis,
+                )
+                .map(|_| ()),
+                Op::Event { kind, mac, message } => {
+                    append_event_in(&txn, self.max_events, kind, mac.as_deref(), message)
+                        .map(|_| ())
+                }
+            });
+        }
+        txn.commit()?;
+        Ok(results)
     }
 
     fn events_since(&self, after_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
@@ -408,4 +335,137 @@ impl Store for RedbStore {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(EVENTS)?.len()?)
     }
+}
+
+// Transaction-level writes, shared by the single-write methods and `apply`.
+
+fn put_lease_in(txn: &WriteTransaction, lease: &Lease) -> Result<(), StoreError> {
+    let ip_key = lease.ip.to_string();
+    let value = encode(LEASES.name(), &lease.mac, lease)?;
+
+    {
+        let mut leases = txn.open_table(LEASES)?;
+        let mut ips = txn.open_table(LEASE_IPS)?;
+        let holder = ips.get(ip_key.as_str())?.map(|g| g.value().to_string());
+        if let Some(held_by) = holder
+            && held_by != lease.mac
+        {
+            return Err(StoreError::Conflict {
+                ip: lease.ip,
+                held_by,
+            });
+        }
+        let old = leases.insert(lease.mac.as_str(), value.as_str())?;
+        let old_ip = match old {
+            Some(g) => Some(decode::<Lease>(LEASES.name(), &lease.mac, g.value())?.ip),
+            None => None,
+        };
+        if let Some(old_ip) = old_ip
+            && old_ip != lease.ip
+        {
+            ips.remove(old_ip.to_string().as_str())?;
+        }
+        ips.insert(ip_key.as_str(), lease.mac.as_str())?;
+    }
+    Ok(())
+}
+
+fn delete_lease_in(txn: &WriteTransaction, mac: &str) -> Result<bool, StoreError> {
+    let mut leases = txn.open_table(LEASES)?;
+    let mut ips = txn.open_table(LEASE_IPS)?;
+    let old = match leases.remove(mac)? {
+        Some(g) => Some(decode::<Lease>(LEASES.name(), mac, g.value())?),
+        None => None,
+    };
+    if let Some(old) = &old {
+        let ip_key = old.ip.to_string();
+        // Only drop the index entry if it really points at this MAC.
+        let points_here = ips.get(ip_key.as_str())?.is_some_and(|g| g.value() == mac);
+        if points_here {
+            ips.remove(ip_key.as_str())?;
+        }
+    }
+    Ok(old.is_some())
+}
+
+fn record_transition_in(
+    txn: &WriteTransaction,
+    mac: &str,
+    hostname: Option<&str>,
+    state: NodeState,
+    detail: Option<&str>,
+    at_millis: u64,
+) -> Result<NodeRecord, StoreError> {
+    let mut nodes = txn.open_table(NODES)?;
+    let existing: Option<NodeRecord> = nodes
+        .get(mac)?
+        .map(|g| decode(NODES.name(), mac, g.value()))
+        .transpose()?;
+    let mut record = existing.unwrap_or_else(|| NodeRecord {
+        mac: mac.to_string(),
+        hostname: None,
+        state,
+        detail: None,
+        updated_at: at_millis,
+        history: Vec::new(),
+    });
+    if let Some(h) = hostname {
+        record.hostname = Some(h.to_string());
+    }
+    record.state = state;
+    record.detail = detail.map(str::to_string);
+    record.updated_at = at_millis;
+    record.history.push(Transition {
+        state,
+        at: at_millis,
+        detail: detail.map(str::to_string),
+    });
+    if record.history.len() > HISTORY_CAP {
+        let excess = record.history.len() - HISTORY_CAP;
+        record.history.drain(..excess);
+    }
+    let value = encode(NODES.name(), mac, &record)?;
+    nodes.insert(mac, value.as_str())?;
+    Ok(record)
+}
+
+fn append_event_in(
+    txn: &WriteTransaction,
+    max_events: u64,
+    kind: &str,
+    mac: Option<&str>,
+    message: &str,
+) -> Result<Event, StoreError> {
+    let mut meta = txn.open_table(META)?;
+    let mut events = txn.open_table(EVENTS)?;
+    // The meta counter survives retention emptying the table; the table's last key
+    // covers databases where the counter lags. Either way a seq is never reused.
+    let last_meta = meta.get(KEY_LAST_EVENT_SEQ)?.map_or(0, |g| g.value());
+    let last_table = events.last()?.map_or(0, |(k, _)| k.value());
+    let seq = last_meta
+        .max(last_table)
+        .checked_add(1)
+        .ok_or_else(|| StoreError::Corrupt("events: sequence number exhausted".to_string()))?;
+    let event = Event {
+        seq,
+        at: now_millis(),
+        kind: kind.to_string(),
+        mac: mac.map(str::to_string),
+        message: message.to_string(),
+    };
+    let value = encode(EVENTS.name(), seq, &event)?;
+    events.insert(seq, value.as_str())?;
+    meta.insert(KEY_LAST_EVENT_SEQ, seq)?;
+
+    let len = events.len()?;
+    if len > max_events {
+        let excess = usize::try_from(len - max_events).unwrap_or(usize::MAX);
+        // First retained key: everything strictly below it goes.
+        let keep_from = match events.iter()?.nth(excess) {
+            Some(entry) => entry?.0.value(),
+            None => seq + 1,
+        };
+        events.retain_in(..keep_from, |_, _| false)?;
+    }
+    Ok(event)
 }

@@ -367,3 +367,36 @@ fn state_dir_created_with_0700() {
     assert!(dir.join(STATE_FILE).is_file());
     assert_eq!(store.path(), dir.join(STATE_FILE));
 }
+
+#[test]
+fn apply_commits_a_batch_and_isolates_a_conflicting_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    let a = lease(MAC_A, [10, 0, 0, 10]);
+    let b_same_ip = lease(MAC_B, [10, 0, 0, 10]);
+    let ops = vec![
+        Op::PutLease(a.clone()),
+        Op::PutLease(b_same_ip),
+        Op::Transition {
+            mac: MAC_A.to_string(),
+            hostname: Some("node-1".into()),
+            state: NodeState::Discovered,
+            detail: None,
+            at_millis: 5,
+        },
+        Op::Event { kind: "dhcp.ack".into(), mac: Some(MAC_A.into()), message: "ack".into() },
+    ];
+    let results = store.apply(&ops).unwrap();
+    assert!(results[0].is_ok());
+    assert!(matches!(results[1], Err(StoreError::Conflict { .. })), "{:?}", results[1]);
+    assert!(results[2].is_ok() && results[3].is_ok());
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.lease_by_ip(a.ip).unwrap(), Some(a));
+    assert_eq!(store.get_lease(MAC_B).unwrap(), None);
+    assert_eq!(store.get_node(MAC_A).unwrap().unwrap().state, NodeState::Discovered);
+    assert_eq!(store.recent_events(1).unwrap()[0].kind, "dhcp.ack");
+    let del = store.apply(&[Op::DeleteLease(MAC_A.into())]).unwrap();
+    assert!(del[0].is_ok());
+    assert_eq!(store.leases().unwrap(), vec![]);
+}
