@@ -1,6 +1,7 @@
 //! State shared by every server: the current plan (swapped atomically on reload), the
 //! persistent store, and where the description lives.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,9 @@ pub struct App {
     pub store: Arc<dyn Store>,
     plan: ArcSwap<Plan>,
     generation: AtomicU64,
+    /// Machines with dynamic leases (hostname, address), published by DHCP for DNS.
+    dynamic_hosts: ArcSwap<Vec<(String, Ipv4Addr)>>,
+    dynamic_version: AtomicU64,
 }
 
 /// What a successful reload changed, for the log and the event record.
@@ -34,6 +38,8 @@ impl App {
             store,
             plan: ArcSwap::from_pointee(plan),
             generation: AtomicU64::new(1),
+            dynamic_hosts: ArcSwap::from_pointee(Vec::new()),
+            dynamic_version: AtomicU64::new(0),
         })
     }
 
@@ -44,6 +50,25 @@ impl App {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Replaces the set of dynamically leased hosts (DNS serves `<hostname>.<domain>`).
+    pub fn set_dynamic_hosts(&self, hosts: Vec<(String, Ipv4Addr)>) {
+        self.dynamic_hosts.store(Arc::new(hosts));
+        self.dynamic_version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn dynamic_hosts(&self) -> Arc<Vec<(String, Ipv4Addr)>> {
+        self.dynamic_hosts.load_full()
+    }
+
+    /// (plan generation, dynamic-host version): DNS rebuilds its zone when this changes.
+    /// Read it before the plan and the hosts; both are published before the counters move.
+    pub fn dns_version(&self) -> (u64, u64) {
+        (
+            self.generation.load(Ordering::Acquire),
+            self.dynamic_version.load(Ordering::Acquire),
+        )
     }
 
     /// Re-reads the description. An invalid file leaves the current plan serving.

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod desc;
+pub mod dhcp;
 pub mod http;
 pub mod plan;
 pub mod serve;

@@ -73,6 +73,12 @@ enum Command {
         /// HTTP listen address; default: the bootstrapper address and http port.
         #[arg(long)]
         http_listen: Option<SocketAddr>,
+        /// Boot assets: iPXE binaries under ipxe/, OS kernels and images (see images/README.md).
+        #[arg(long, default_value = "images", env = "SLIPWAY_IMAGES_DIR")]
+        images_dir: PathBuf,
+        /// Do not run this service here (repeatable): dhcp, dns.
+        #[arg(long, value_enum)]
+        disable: Vec<slipway::serve::Service>,
     },
 }
 
@@ -124,6 +130,8 @@ fn main() -> ExitCode {
             config,
             state_dir,
             http_listen,
+            images_dir,
+            disable,
         } => {
             init_logging(cli.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -140,6 +148,8 @@ fn main() -> ExitCode {
                 config,
                 state_dir,
                 http_listen,
+                images_dir,
+                disable,
             };
             match runtime.block_on(slipway::serve::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,

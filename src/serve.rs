@@ -19,6 +19,17 @@ pub struct ServeOptions {
     pub state_dir: PathBuf,
     /// Overrides the HTTP listen address (default: the bootstrapper address and http port).
     pub http_listen: Option<SocketAddr>,
+    /// Boot assets: `ipxe/` (first-stage binaries), OS kernels and images.
+    pub images_dir: PathBuf,
+    /// Services not to run here (e.g. DHCP when another host answers it).
+    pub disable: Vec<Service>,
+}
+
+/// The network services `serve` can run; each can be disabled with `--disable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    Dhcp,
+    Dns,
 }
 
 /// A cloneable shutdown signal for servers: resolves once shutdown was requested.
@@ -29,6 +40,11 @@ impl Shutdown {
     pub fn new() -> (watch::Sender<bool>, Shutdown) {
         let (tx, rx) = watch::channel(false);
         (tx, Shutdown(rx))
+    }
+
+    /// For server threads that poll between blocking reads.
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow()
     }
 
     pub async fn wait(mut self) {
@@ -68,7 +84,32 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         })?;
     let http_addr = listener.local_addr()?;
     let nodes = plan.nodes.len();
+    let dhcp_mode = plan.network.dhcp_mode;
+    let (interface, address) = (
+        plan.bootstrapper.interface.clone(),
+        plan.bootstrapper.address,
+    );
     let app = App::new(opts.config.clone(), plan, store.clone());
+    let (stop_tx, shutdown) = Shutdown::new();
+
+    let dhcp = if dhcp_mode == desc::DhcpMode::Off || opts.disable.contains(&Service::Dhcp) {
+        None
+    } else {
+        let proxy = dhcp_mode == desc::DhcpMode::Proxy;
+        let sockets = crate::dhcp::bind(&interface, address, proxy).with_context(|| {
+            format!(
+                "starting DHCP on {interface} (needs root or CAP_NET_BIND_SERVICE + CAP_NET_RAW)"
+            )
+        })?;
+        let boot = crate::dhcp::boot::BootFiles::scan(&opts.images_dir.join("ipxe"));
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        let handle =
+            tokio::task::spawn_blocking(move || crate::dhcp::spawn(sockets, app, boot, shutdown))
+                .await??;
+        tracing::info!(%interface, mode = ?dhcp_mode, "DHCP serving");
+        Some(handle)
+    };
     store.append_event(
         "serve.started",
         None,
@@ -76,7 +117,6 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
     )?;
     tracing::info!(%http_addr, nodes, state_dir = %opts.state_dir.display(), "slipway serving");
 
-    let (stop_tx, shutdown) = Shutdown::new();
     let http = tokio::spawn(crate::http::serve(
         listener,
         app.clone(),
@@ -98,6 +138,11 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
     match tokio::time::timeout(Duration::from_secs(10), http).await {
         Ok(joined) => joined??,
         Err(_) => tracing::warn!("HTTP connections still open after 10 s; closing them"),
+    }
+    if let Some(dhcp) = dhcp {
+        let stats = dhcp.stats.clone();
+        let _ = tokio::task::spawn_blocking(move || dhcp.join()).await;
+        tracing::info!(?stats, "DHCP stopped");
     }
     let _ = store.append_event("serve.stopped", None, "clean shutdown");
     tracing::info!("slipway stopped");

@@ -29,6 +29,10 @@ impl Server {
                 "serve",
                 "--http-listen",
                 "127.0.0.1:0",
+                "--disable",
+                "dhcp",
+                "--disable",
+                "dns",
                 "-c",
             ])
             .arg(config)

@@ -111,6 +111,9 @@ pub enum Op {
         state: NodeState,
         detail: Option<String>,
         at_millis: u64,
+        /// Skip the write when the node is already at or past `state` (e.g. a DHCP renewal
+        /// of an installed node must not move it back to `discovered`).
+        forward_only: bool,
     },
     Event {
         kind: String,

@@ -297,15 +297,27 @@ impl Store for RedbStore {
                     state,
                     detail,
                     at_millis,
-                } => record_transition_in(
-                    &txn,
-                    mac,
-                    hostname.as_deref(),
-                    *state,
-                    detail.as_deref(),
-                    *at_millis,
-                )
-                .map(|_| ()),
+                    forward_only,
+                } => {
+                    let current = if *forward_only {
+                        current_state_in(&txn, mac)?
+                    } else {
+                        None
+                    };
+                    if current.is_some_and(|c| c >= *state) {
+                        Ok(())
+                    } else {
+                        record_transition_in(
+                            &txn,
+                            mac,
+                            hostname.as_deref(),
+                            *state,
+                            detail.as_deref(),
+                            *at_millis,
+                        )
+                        .map(|_| ())
+                    }
+                }
                 Op::Event { kind, mac, message } => {
                     append_event_in(&txn, self.max_events, kind, mac.as_deref(), message)
                         .map(|_| ())
@@ -368,6 +380,15 @@ fn put_lease_in(txn: &WriteTransaction, lease: &Lease) -> Result<(), StoreError>
         ips.insert(ip_key.as_str(), lease.mac.as_str())?;
     }
     Ok(())
+}
+
+fn current_state_in(txn: &WriteTransaction, mac: &str) -> Result<Option<NodeState>, StoreError> {
+    let nodes = txn.open_table(NODES)?;
+    let record: Option<NodeRecord> = nodes
+        .get(mac)?
+        .map(|g| decode(NODES.name(), mac, g.value()))
+        .transpose()?;
+    Ok(record.map(|r| r.state))
 }
 
 fn delete_lease_in(txn: &WriteTransaction, mac: &str) -> Result<bool, StoreError> {

@@ -383,19 +383,42 @@ fn apply_commits_a_batch_and_isolates_a_conflicting_op() {
             state: NodeState::Discovered,
             detail: None,
             at_millis: 5,
+            forward_only: true,
         },
-        Op::Event { kind: "dhcp.ack".into(), mac: Some(MAC_A.into()), message: "ack".into() },
+        Op::Event {
+            kind: "dhcp.ack".into(),
+            mac: Some(MAC_A.into()),
+            message: "ack".into(),
+        },
     ];
     let results = store.apply(&ops).unwrap();
     assert!(results[0].is_ok());
-    assert!(matches!(results[1], Err(StoreError::Conflict { .. })), "{:?}", results[1]);
+    assert!(
+        matches!(results[1], Err(StoreError::Conflict { .. })),
+        "{:?}",
+        results[1]
+    );
     assert!(results[2].is_ok() && results[3].is_ok());
     drop(store);
     let store = open(dir.path()).unwrap();
     assert_eq!(store.lease_by_ip(a.ip).unwrap(), Some(a));
     assert_eq!(store.get_lease(MAC_B).unwrap(), None);
-    assert_eq!(store.get_node(MAC_A).unwrap().unwrap().state, NodeState::Discovered);
+    assert_eq!(
+        store.get_node(MAC_A).unwrap().unwrap().state,
+        NodeState::Discovered
+    );
     assert_eq!(store.recent_events(1).unwrap()[0].kind, "dhcp.ack");
+    // forward_only: an earlier state than the current one is not written.
+    let back = Op::Transition {
+        mac: MAC_A.to_string(),
+        hostname: None,
+        state: NodeState::Planned,
+        detail: None,
+        at_millis: 6,
+        forward_only: true,
+    };
+    assert!(store.apply(&[back]).unwrap()[0].is_ok());
+    assert_eq!(store.get_node(MAC_A).unwrap().unwrap().history.len(), 1);
     let del = store.apply(&[Op::DeleteLease(MAC_A.into())]).unwrap();
     assert!(del[0].is_ok());
     assert_eq!(store.leases().unwrap(), vec![]);
