@@ -3,6 +3,7 @@
 pub mod app;
 pub mod desc;
 pub mod dhcp;
+pub mod dns;
 pub mod http;
 pub mod plan;
 pub mod serve;

@@ -73,6 +73,9 @@ enum Command {
         /// HTTP listen address; default: the bootstrapper address and http port.
         #[arg(long)]
         http_listen: Option<SocketAddr>,
+        /// DNS listen address (UDP and TCP); default: the bootstrapper address and dns port.
+        #[arg(long)]
+        dns_listen: Option<SocketAddr>,
         /// Boot assets: iPXE binaries under ipxe/, OS kernels and images (see images/README.md).
         #[arg(long, default_value = "images", env = "SLIPWAY_IMAGES_DIR")]
         images_dir: PathBuf,
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
             config,
             state_dir,
             http_listen,
+            dns_listen,
             images_dir,
             disable,
         } => {
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
                 config,
                 state_dir,
                 http_listen,
+                dns_listen,
                 images_dir,
                 disable,
             };

@@ -19,6 +19,8 @@ pub struct ServeOptions {
     pub state_dir: PathBuf,
     /// Overrides the HTTP listen address (default: the bootstrapper address and http port).
     pub http_listen: Option<SocketAddr>,
+    /// Overrides the DNS listen address, UDP and TCP (default: bootstrapper address, dns port).
+    pub dns_listen: Option<SocketAddr>,
     /// Boot assets: `ipxe/` (first-stage binaries), OS kernels and images.
     pub images_dir: PathBuf,
     /// Services not to run here (e.g. DHCP when another host answers it).
@@ -110,6 +112,25 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         tracing::info!(%interface, mode = ?dhcp_mode, "DHCP serving");
         Some(handle)
     };
+    let dns = if opts.disable.contains(&Service::Dns) {
+        None
+    } else {
+        let port = app.plan().bootstrapper.dns_port;
+        let addr = opts
+            .dns_listen
+            .unwrap_or_else(|| SocketAddr::new(address.into(), port));
+        let (udp, tcp) = crate::dns::bind(addr)
+            .await
+            .with_context(|| format!("binding DNS (UDP and TCP) on {addr}"))?;
+        let dns_addr = udp.local_addr()?;
+        tracing::info!(%dns_addr, "DNS serving");
+        Some(tokio::spawn(crate::dns::serve(
+            udp,
+            tcp,
+            app.clone(),
+            shutdown.clone(),
+        )))
+    };
     store.append_event(
         "serve.started",
         None,
@@ -138,6 +159,12 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
     match tokio::time::timeout(Duration::from_secs(10), http).await {
         Ok(joined) => joined??,
         Err(_) => tracing::warn!("HTTP connections still open after 10 s; closing them"),
+    }
+    if let Some(dns) = dns {
+        match tokio::time::timeout(Duration::from_secs(5), dns).await {
+            Ok(joined) => joined??,
+            Err(_) => tracing::warn!("DNS still busy after 5 s; stopping anyway"),
+        }
     }
     if let Some(dhcp) = dhcp {
         let stats = dhcp.stats.clone();
