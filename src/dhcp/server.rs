@@ -312,7 +312,7 @@ fn writer(
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
-    const MAX_BATCH: usize = 2048;
+    const MAX_BATCH: usize = 65_536;
     loop {
         let first = match rx.recv_timeout(TICK) {
             Ok(job) => job,
