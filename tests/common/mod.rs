@@ -175,6 +175,11 @@ impl Host {
         ip_ok(&["-n", &self.ns, "addr", "add", cidr, "dev", "eth0"]);
     }
 
+    /// Changes `eth0`'s MAC (to pose as another machine).
+    pub fn set_mac(&self, mac: &str) {
+        ip_ok(&["-n", &self.ns, "link", "set", "eth0", "address", mac]);
+    }
+
     /// Adds a route: `dest` ("10.20.0.0/24" or "default") via `gateway`.
     pub fn add_route(&self, dest: &str, gateway: &str) {
         ip_ok(&["-n", &self.ns, "route", "add", dest, "via", gateway]);
@@ -366,7 +371,11 @@ impl Slipway {
     /// Writes `yaml` as the description and starts `slipway serve` in `host` with `args`
     /// added (e.g. `--disable dhcp`); returns once it logged "slipway serving".
     pub fn start(host: &Host, yaml: &str, args: &[&str]) -> Slipway {
-        let dir = tempfile::tempdir().unwrap();
+        Slipway::start_in(host, tempfile::tempdir().unwrap(), yaml, args)
+    }
+
+    /// Like `start`, keeping description and state in `dir`.
+    pub fn start_in(host: &Host, dir: tempfile::TempDir, yaml: &str, args: &[&str]) -> Slipway {
         let config = dir.path().join("cluster-desc.yaml");
         std::fs::write(&config, yaml).unwrap();
         let mut cmd = host.command(env!("CARGO_BIN_EXE_slipway"));
@@ -401,6 +410,18 @@ impl Slipway {
         };
         s.wait_log("slipway serving");
         s
+    }
+
+    /// Kills this serve process with SIGKILL (no clean shutdown) and starts a new one in
+    /// `host` on the same description and state directory.
+    pub fn kill_and_restart(self, host: &Host, args: &[&str]) -> Slipway {
+        self.signal(libc::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let yaml = std::fs::read_to_string(&self.config).unwrap();
+        Slipway::start_in(host, self.dir, &yaml, args)
     }
 
     /// Waits for a log line containing `needle` (20 s at most) and returns it.
