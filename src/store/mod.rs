@@ -1,8 +1,11 @@
 //! Persistent state: DHCP leases, node lifecycle records, the event log and the schema version.
 //!
-//! Everything lives in one redb file, `<state_dir>/state.redb`. Every write is a single redb
-//! write transaction committed with immediate durability (fsync before `commit` returns), so a
-//! process killed at any point reopens with every record whose write call had returned.
+//! Node records, events and the schema version live in one redb file,
+//! `<state_dir>/state.redb`, written in redb transactions committed with immediate durability
+//! (fsync before `commit` returns). Leases are held in memory and made durable in an
+//! append-only journal beside it (`<state_dir>/leases.<gen>.journal`, one `fdatasync` per
+//! batch), compacted into a snapshot in the redb file in the background. Either way a process
+//! killed at any point reopens with every record whose write call had returned.
 //!
 //! The [`Store`] trait is what the servers use; [`RedbStore`] is the only backend today, the
 //! trait leaves room for an etcd backend later.
@@ -10,6 +13,7 @@
 //! MAC addresses are used verbatim as keys. Callers must pass the canonical upper-case,
 //! colon-separated form (`52:54:00:AB:CD:EF`); the store does not normalise them.
 
+mod journal;
 mod redb_store;
 #[cfg(test)]
 mod tests;
@@ -26,8 +30,9 @@ use crate::status::NodeState;
 
 pub use redb_store::{Options, RedbStore};
 
-/// Version of the on-disk layout written by this build.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the on-disk layout written by this build. 2: leases in the journal, the redb
+/// `leases` table is its snapshot.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Name of the database file inside the state directory.
 pub const STATE_FILE: &str = "state.redb";
@@ -169,8 +174,8 @@ fn decode<T: DeserializeOwned>(table: &str, key: impl Display, raw: &str) -> Res
     serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(format!("{table}[{key}]: {e}")))
 }
 
-/// The persistent state behind Slipway. All methods are synchronous and each write is one
-/// durable transaction; call them from `spawn_blocking` in async code.
+/// The persistent state behind Slipway. All methods are synchronous and each write is
+/// durable when it returns; call them from `spawn_blocking` in async code.
 pub trait Store: Send + Sync {
     /// Schema version of the open database (equals [`SCHEMA_VERSION`] after open).
     fn schema_version(&self) -> Result<u32, StoreError>;
@@ -209,9 +214,13 @@ pub trait Store: Send + Sync {
         mac: Option<&str>,
         message: &str,
     ) -> Result<Event, StoreError>;
-    /// Applies a batch of writes in one durable transaction (one fsync for all of them: the
-    /// DHCP server's group commit). Each op gets its own result; an op that fails (a lease
+    /// Applies a batch of writes durably with one fsync per kind (the DHCP server's group
+    /// commit): the lease ops in one journal frame, the node and event ops in one redb
+    /// transaction, leases first. Each op gets its own result; an op that fails (a lease
     /// conflict) writes nothing, the others still commit. `Err` means nothing was committed.
+    /// The two parts are each atomic but not atomic together: if the process dies between
+    /// them, the leases can be durable without the node and event writes of the batch (the
+    /// call had not returned, so no reply depending on them was sent).
     fn apply(&self, ops: &[Op]) -> Result<Vec<Result<(), StoreError>>, StoreError>;
     /// Up to `limit` events with `seq > after_seq`, oldest first.
     fn events_since(&self, after_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError>;

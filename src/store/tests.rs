@@ -16,7 +16,14 @@ fn lease(mac: &str, ip: [u8; 4]) -> Lease {
 }
 
 fn small(dir: &Path, max_events: u64) -> RedbStore {
-    open_with(dir, Options { max_events }).unwrap()
+    open_with(
+        dir,
+        Options {
+            max_events,
+            ..Options::default()
+        },
+    )
+    .unwrap()
 }
 
 const MAC_A: &str = "52:54:00:00:00:0A";
@@ -422,4 +429,281 @@ fn apply_commits_a_batch_and_isolates_a_conflicting_op() {
     let del = store.apply(&[Op::DeleteLease(MAC_A.into())]).unwrap();
     assert!(del[0].is_ok());
     assert_eq!(store.leases().unwrap(), vec![]);
+}
+
+fn journals(dir: &Path) -> Vec<(u64, std::path::PathBuf)> {
+    journal::list(dir).unwrap()
+}
+
+fn compacting(dir: &Path, compact_min_ops: u64) -> RedbStore {
+    open_with(
+        dir,
+        Options {
+            compact_min_ops,
+            ..Options::default()
+        },
+    )
+    .unwrap()
+}
+
+fn lease_n(n: u32) -> Lease {
+    let b = n.to_be_bytes();
+    Lease {
+        mac: format!("02:00:{:02X}:{:02X}:{:02X}:{:02X}", b[0], b[1], b[2], b[3]),
+        ip: Ipv4Addr::from(0x0A00_0000 + n),
+        state: LeaseState::Bound,
+        hostname: n.is_multiple_of(2).then(|| format!("h{n}")),
+        granted_at: u64::from(n),
+        expires_at: u64::from(n) + 60,
+    }
+}
+
+#[test]
+fn journal_replay_ignores_a_torn_tail_and_never_appends_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (lease_n(1), lease_n(2), lease_n(3));
+    {
+        let store = open(dir.path()).unwrap();
+        store.put_lease(&a).unwrap();
+        store.put_lease(&b).unwrap();
+    }
+    // Cut B's frame in half: its write never finished, so its caller never heard "committed".
+    let (_, path) = journals(dir.path()).pop().unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len - 10).unwrap();
+    drop(f);
+    {
+        let store = open(dir.path()).unwrap();
+        assert_eq!(store.leases().unwrap(), vec![a.clone()]);
+        // B's address is free again and new writes survive the next open.
+        store.put_lease(&lease(MAC_B, [10, 0, 0, 2])).unwrap();
+        store.put_lease(&c).unwrap();
+    }
+    // Garbage after good frames (a frame header promising more than was written).
+    let (_, path) = journals(dir.path()).pop().unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 1, 0]).unwrap();
+    }
+    let store = open(dir.path()).unwrap();
+    let macs: Vec<String> = store.leases().unwrap().into_iter().map(|l| l.mac).collect();
+    assert_eq!(macs, vec![a.mac.clone(), c.mac.clone(), MAC_B.to_string()]);
+    assert_eq!(store.lease_by_ip(c.ip).unwrap(), Some(c));
+    assert_eq!(
+        journals(dir.path()).len(),
+        1,
+        "replayed journals are folded"
+    );
+}
+
+#[test]
+fn a_bad_frame_checksum_ends_the_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        store.put_lease(&lease_n(1)).unwrap();
+        store.put_lease(&lease_n(2)).unwrap();
+    }
+    let (_, path) = journals(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    std::fs::write(&path, bytes).unwrap();
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.leases().unwrap(), vec![lease_n(1)]);
+}
+
+#[test]
+fn compaction_folds_the_journal_into_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(STATE_FILE);
+    let mut want = std::collections::BTreeMap::new();
+    {
+        let store = compacting(dir.path(), u64::MAX);
+        for n in 0..200 {
+            store.put_lease(&lease_n(n)).unwrap();
+        }
+        // Churn: renewals, moves to new addresses, deletes, and a conflict that writes nothing.
+        for n in 0..100 {
+            let mut l = lease_n(n);
+            l.expires_at += 1000;
+            l.ip = Ipv4Addr::from(0x0B00_0000 + n);
+            store.put_lease(&l).unwrap();
+        }
+        for n in 150..200 {
+            assert!(store.delete_lease(&lease_n(n).mac).unwrap());
+        }
+        let mut thief = lease_n(1000);
+        thief.ip = lease_n(120).ip;
+        assert!(matches!(
+            store.put_lease(&thief),
+            Err(StoreError::Conflict { .. })
+        ));
+        let before = journals(dir.path());
+        store.compact().unwrap();
+        let after = journals(dir.path());
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].0, before.last().unwrap().0 + 1);
+        assert_eq!(
+            std::fs::metadata(&after[0].1).unwrap().len(),
+            journal::HEADER_LEN,
+            "the fresh journal is empty"
+        );
+        // Writes after the compaction go to the new journal.
+        store.put_lease(&lease_n(500)).unwrap();
+        for l in store.leases().unwrap() {
+            want.insert(l.mac.clone(), l);
+        }
+        assert_eq!(want.len(), 151);
+    }
+    // The snapshot alone (read straight from redb) has everything but the last write.
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let def: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("leases");
+        let table = txn.open_table(def).unwrap();
+        let snap: Vec<Lease> = redb::ReadableTable::iter(&table)
+            .unwrap()
+            .map(|e| serde_json::from_str(e.unwrap().1.value()).unwrap())
+            .collect();
+        let mut expect: Vec<Lease> = want.values().cloned().collect();
+        expect.retain(|l| *l != lease_n(500));
+        assert_eq!(snap, expect);
+    }
+    let store = open(dir.path()).unwrap();
+    assert_eq!(
+        store.leases().unwrap(),
+        want.into_values().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        store.lease_by_ip(lease_n(120).ip).unwrap(),
+        Some(lease_n(120))
+    );
+    assert_eq!(
+        store.lease_by_ip(lease_n(5).ip).unwrap(),
+        None,
+        "moved away"
+    );
+}
+
+#[test]
+fn background_compaction_keeps_every_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = compacting(dir.path(), 16);
+        for round in 0..20u64 {
+            let ops: Vec<Op> = (0..50)
+                .map(|n| {
+                    let mut l = lease_n(n);
+                    l.expires_at = round;
+                    Op::PutLease(l)
+                })
+                .collect();
+            assert!(store.apply(&ops).unwrap().iter().all(Result::is_ok));
+        }
+        // 1000 changes of 50 leases: the threshold (4 x 50) was crossed several times.
+        store.compact().unwrap();
+        assert_eq!(journals(dir.path()).len(), 1);
+    }
+    let store = open(dir.path()).unwrap();
+    let leases = store.leases().unwrap();
+    assert_eq!(leases.len(), 50);
+    assert!(leases.iter().all(|l| l.expires_at == 19));
+}
+
+#[test]
+fn journals_older_than_the_snapshot_are_ignored_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = lease(MAC_A, [10, 0, 0, 10]);
+    let stale_gen;
+    {
+        let store = open(dir.path()).unwrap();
+        store.put_lease(&a).unwrap();
+        stale_gen = journals(dir.path())[0].0;
+        store.compact().unwrap();
+    }
+    // A crash after the snapshot committed but before the old journal was deleted leaves it
+    // behind; here it even says something different (B on A's address).
+    let mut j = journal::Journal::create(dir.path(), stale_gen).unwrap();
+    let mut frame = Vec::new();
+    journal::begin_frame(&mut frame);
+    journal::encode_put(&lease(MAC_B, [10, 0, 0, 10]), &mut frame).unwrap();
+    if j.append(&mut frame).is_err() {
+        panic!("append failed");
+    }
+    drop(j);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.leases().unwrap(), vec![a]);
+    assert!(journals(dir.path()).iter().all(|(g, _)| *g > stale_gen));
+}
+
+#[test]
+fn a_missing_journal_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        store.put_lease(&lease(MAC_A, [10, 0, 0, 10])).unwrap();
+        store.compact().unwrap();
+        store.put_lease(&lease(MAC_B, [10, 0, 0, 11])).unwrap();
+    }
+    for (_, p) in journals(dir.path()) {
+        std::fs::remove_file(p).unwrap();
+    }
+    match open(dir.path()) {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("missing"), "{msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn schema_1_database_is_migrated_to_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(STATE_FILE);
+    let a = lease(MAC_A, [10, 0, 0, 10]);
+    {
+        // The layout schema 1 wrote: leases as JSON plus an IP index table.
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+            let leases: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("leases");
+            let ips: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("lease_ips");
+            txn.open_table(meta)
+                .unwrap()
+                .insert("schema_version", 1)
+                .unwrap();
+            let json = serde_json::to_string(&a).unwrap();
+            txn.open_table(leases)
+                .unwrap()
+                .insert(MAC_A, json.as_str())
+                .unwrap();
+            txn.open_table(ips)
+                .unwrap()
+                .insert("10.0.0.10", MAC_A)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    {
+        let store = open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(store.lease_by_ip(a.ip).unwrap(), Some(a.clone()));
+        assert!(matches!(
+            store.put_lease(&lease(MAC_B, [10, 0, 0, 10])),
+            Err(StoreError::Conflict { .. })
+        ));
+    }
+    let db = redb::Database::create(&path).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let names: Vec<String> = txn
+        .list_tables()
+        .unwrap()
+        .map(|t| redb::TableHandle::name(&t).to_string())
+        .collect();
+    assert!(!names.contains(&"lease_ips".to_string()), "{names:?}");
 }
