@@ -9,6 +9,8 @@
 
 mod fast;
 mod forward;
+#[cfg(target_os = "linux")]
+mod mmsg;
 mod server;
 pub mod zone;
 

@@ -140,6 +140,98 @@ pub async fn serve(
     Ok(())
 }
 
+/// The Linux worker: batches of datagrams in, batches of replies out.
+#[cfg(target_os = "linux")]
+async fn udp_worker(
+    sock: Arc<UdpSocket>,
+    live: Arc<Live>,
+    forwards: Arc<Semaphore>,
+    shutdown: Shutdown,
+) {
+    use std::os::fd::AsRawFd;
+    use tokio::io::Interest;
+
+    let fd = sock.as_raw_fd();
+    let mut batch = super::mmsg::Batch::new();
+    let mut marks = Vec::with_capacity(super::mmsg::N);
+    let mut to_forward = Vec::new();
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => return,
+            r = sock.readable() => if let Err(e) = r {
+                tracing::warn!(error = %e, "DNS UDP socket not readable");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            },
+        }
+        for _ in 0..BATCH / super::mmsg::N {
+            let n = match sock.try_io(Interest::READABLE, || batch.recv(fd)) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "DNS UDP receive error");
+                    break;
+                }
+            };
+            // The snapshot guard is not held across an await.
+            let keep = {
+                let snap = live.current();
+                marks.clear();
+                for i in 0..n {
+                    let (packet, out) = batch.slot(i);
+                    let Some((packet, from)) = packet else {
+                        count(&METRICS.malformed);
+                        tracing::debug!("dropped oversized or non-IP DNS datagram");
+                        continue;
+                    };
+                    match handle_guarded(&snap, packet, from.ip(), Transport::Udp, out) {
+                        Action::Reply => marks.push(i),
+                        Action::Drop => {}
+                        Action::Forward(req) => to_forward.push((req, from)),
+                    }
+                }
+                (!to_forward.is_empty()).then(|| Arc::clone(&*snap))
+            };
+            for &i in &marks {
+                batch.mark(i);
+            }
+            for (data, to) in batch.send(fd) {
+                send(&sock, &data, to).await;
+            }
+            if let Some(snap) = keep {
+                for (req, from) in to_forward.drain(..) {
+                    spawn_forward(&sock, &snap, &forwards, req, from);
+                }
+            }
+        }
+    }
+}
+
+fn spawn_forward(
+    sock: &Arc<UdpSocket>,
+    snap: &Arc<Snapshot>,
+    forwards: &Arc<Semaphore>,
+    req: Box<super::ForwardRequest>,
+    from: SocketAddr,
+) {
+    let Ok(permit) = forwards.clone().try_acquire_owned() else {
+        tracing::debug!(client = %from, "too many forwarded queries in flight");
+        return;
+    };
+    let (sock, snap) = (sock.clone(), snap.clone());
+    tokio::spawn(async move {
+        let reply = forward::resolve(&snap, &req, false).await;
+        send(&sock, &reply, from).await;
+        drop(permit);
+    });
+}
+
+/// The portable worker: one datagram per system call.
+#[cfg(not(target_os = "linux"))]
 async fn udp_worker(
     sock: Arc<UdpSocket>,
     live: Arc<Live>,
@@ -180,17 +272,9 @@ async fn udp_worker(
                 Action::Reply => send(&sock, &out, from).await,
                 Action::Drop => {}
                 Action::Forward(req) => {
-                    let Ok(permit) = forwards.clone().try_acquire_owned() else {
-                        tracing::debug!(client = %from, "too many forwarded queries in flight");
-                        continue;
-                    };
-                    let Some(snap) = snap else { continue };
-                    let sock = sock.clone();
-                    tokio::spawn(async move {
-                        let reply = forward::resolve(&snap, &req, false).await;
-                        send(&sock, &reply, from).await;
-                        drop(permit);
-                    });
+                    if let Some(snap) = snap {
+                        spawn_forward(&sock, &snap, &forwards, req, from);
+                    }
                 }
             }
         }
