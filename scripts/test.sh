@@ -35,4 +35,4 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo build --release"
 cargo build --locked --release
 echo "== cargo test"
-cargo test --locked --all-targets -- "$@"
+cargo test --locked --no-fail-fast --all-targets -- "$@"
