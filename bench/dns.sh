@@ -149,11 +149,21 @@ stop_server() {
   wait "$SERVER_PID" 2>/dev/null || true
 }
 
-# qps of one throughput run.
+# CPU time (user + system, in clock ticks) the server has used so far.
+ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+HZ=$(getconf CLK_TCK)
+
+# "qps ns-of-server-CPU-per-query" of one throughput run. CPU per query is the sturdier
+# figure on a shared machine: it does not drop when another process takes the load CPU.
 throughput() {
+  local t0 t1
+  t0=$(ticks)
   ip netns exec "$LOAD" taskset -c 0 dnsperf -s "$ADDR" -p 53 -d "$WORK/queries" \
     -c 4 -q 100 -l "$DURATION" >"$WORK/perf.out" 2>&1
-  awk '/Queries per second:/ {printf "%d", $4}' "$WORK/perf.out"
+  t1=$(ticks)
+  awk -v t=$((t1 - t0)) -v hz="$HZ" '/Queries completed:/ {done = $3}
+    /Queries per second:/ {qps = $4}
+    END {printf "%d %d", qps, (done > 0 ? t * 1e9 / hz / done : 0)}' "$WORK/perf.out"
 }
 
 # "p50 p99" in microseconds from a fixed-rate verbose run.
@@ -170,23 +180,24 @@ latency() {
   awk -v a="$p50" -v b="$p99" 'BEGIN {printf "%d %d", a * 1e6, b * 1e6}'
 }
 
-declare -A QPS P50 P99
+declare -A QPS CPU P50 P99
 for r in $(seq 1 "$RUNS"); do
   # Alternate which server goes first.
   if [ $((r % 2)) -eq 1 ]; then order="unbound slipway"; else order="slipway unbound"; fi
   for s in $order; do
     wait_idle
     start_server "$s"
-    q=$(throughput)
+    read -r q cpu <<<"$(throughput)"
     stop_server
     wait_idle
     start_server "$s"
     read -r l50 l99 <<<"$(latency)"
     stop_server
     QPS[$s]+="$q "
+    CPU[$s]+="$cpu "
     P50[$s]+="$l50 "
     P99[$s]+="$l99 "
-    echo "run $r $s: ${q} q/s, p50 ${l50} us, p99 ${l99} us" >&2
+    echo "run $r $s: ${q} q/s, ${cpu} ns CPU/query, p50 ${l50} us, p99 ${l99} us" >&2
   done
 done
 
@@ -198,8 +209,8 @@ summary() {
 }
 
 echo
-echo "| server | q/s (\`-c 4 -q 100 -l $DURATION\`) | p50 us (\`-Q 20000\`) | p99 us (\`-Q 20000\`) |"
-echo "|---|---|---|---|"
+echo "| server | q/s (\`-c 4 -q 100 -l $DURATION\`) | server CPU ns/query | p50 us (\`-Q 20000\`) | p99 us (\`-Q 20000\`) |"
+echo "|---|---|---|---|---|"
 for s in unbound slipway; do
-  echo "| $s | $(summary "${QPS[$s]}") | $(summary "${P50[$s]}") | $(summary "${P99[$s]}") |"
+  echo "| $s | $(summary "${QPS[$s]}") | $(summary "${CPU[$s]}") | $(summary "${P50[$s]}") | $(summary "${P99[$s]}") |"
 done

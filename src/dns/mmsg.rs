@@ -53,9 +53,10 @@ impl Batch {
         })
     }
 
-    /// Receives up to `N` datagrams without blocking; returns how many (WouldBlock when
-    /// there are none).
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    /// Receives up to `N` datagrams; returns how many. With `MSG_WAITFORONE` on a blocking
+    /// socket it waits for the first (up to the socket's receive timeout) and takes what
+    /// else is queued; with `MSG_DONTWAIT` it never waits (WouldBlock when there is none).
+    pub fn recv(&mut self, fd: RawFd, flags: libc::c_int) -> io::Result<usize> {
         for i in 0..N {
             self.iov[i] = libc::iovec {
                 iov_base: self.bufs[i].as_mut_ptr().cast(),
@@ -75,7 +76,7 @@ impl Batch {
                 fd,
                 self.hdrs.as_mut_ptr(),
                 N as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                flags,
                 std::ptr::null_mut(),
             )
         };

@@ -23,8 +23,12 @@ const MAX_FORWARDS: usize = 512;
 const MAX_TCP: usize = 256;
 /// A TCP connection idle (or dribbling a message) this long is closed.
 const TCP_IDLE: Duration = Duration::from_secs(10);
-/// Datagrams handled before a worker goes back to the scheduler.
+/// Datagrams handled before a worker goes back to the scheduler (portable worker).
+#[cfg(not(target_os = "linux"))]
 const BATCH: usize = 64;
+/// How often a UDP thread blocked in receive checks for shutdown.
+#[cfg(target_os = "linux")]
+const UDP_POLL: Duration = Duration::from_millis(250);
 
 /// Binds UDP and TCP on `addr`. With port 0, both get the same free port.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
@@ -119,115 +123,134 @@ pub async fn serve(
     let live = Arc::new(Live::new(app));
     // A deep receive queue absorbs bursts (capped by net.core.rmem_max).
     let _ = socket2::SockRef::from(&udp).set_recv_buffer_size(4 << 20);
-    let udp = Arc::new(udp);
     let forwards = Arc::new(Semaphore::new(MAX_FORWARDS));
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .min(4);
     let mut tasks = JoinSet::new();
-    for _ in 0..workers {
-        tasks.spawn(udp_worker(
-            udp.clone(),
-            live.clone(),
-            forwards.clone(),
-            shutdown.clone(),
-        ));
-    }
     tasks.spawn(tcp_acceptor(tcp, live.clone(), shutdown.clone()));
-    shutdown.wait().await;
-    tasks.shutdown().await;
+
+    // Linux: UDP on dedicated threads blocking in recvmmsg (no readiness round trip per
+    // datagram); they look at `stop` at least every UDP_POLL.
+    #[cfg(target_os = "linux")]
+    {
+        use std::sync::atomic::AtomicBool;
+        let udp = udp.into_std()?;
+        udp.set_nonblocking(false)?;
+        udp.set_read_timeout(Some(UDP_POLL))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let runtime = tokio::runtime::Handle::current();
+        let mut threads = Vec::new();
+        for i in 0..workers {
+            let (sock, live, forwards) = (udp.try_clone()?, live.clone(), forwards.clone());
+            let (runtime, stop) = (runtime.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("dns-udp-{i}"))
+                    .spawn(move || udp_thread(sock, &live, &forwards, &runtime, &stop))?,
+            );
+        }
+        shutdown.wait().await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        tasks.shutdown().await;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let udp = Arc::new(udp);
+        for _ in 0..workers {
+            tasks.spawn(udp_worker(
+                udp.clone(),
+                live.clone(),
+                forwards.clone(),
+                shutdown.clone(),
+            ));
+        }
+        shutdown.wait().await;
+        tasks.shutdown().await;
+    }
     Ok(())
 }
 
-/// The Linux worker: batches of datagrams in, batches of replies out.
+/// The Linux worker thread: batches of datagrams in, batches of replies out.
 #[cfg(target_os = "linux")]
-async fn udp_worker(
-    sock: Arc<UdpSocket>,
-    live: Arc<Live>,
-    forwards: Arc<Semaphore>,
-    shutdown: Shutdown,
+fn udp_thread(
+    sock: std::net::UdpSocket,
+    live: &Live,
+    forwards: &Arc<Semaphore>,
+    runtime: &tokio::runtime::Handle,
+    stop: &std::sync::atomic::AtomicBool,
 ) {
     use std::os::fd::AsRawFd;
-    use tokio::io::Interest;
 
     let fd = sock.as_raw_fd();
+    let sock = Arc::new(sock);
     let mut batch = super::mmsg::Batch::new();
     let mut marks = Vec::with_capacity(super::mmsg::N);
-    let mut to_forward = Vec::new();
-    let stop = shutdown.wait();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut stop => return,
-            r = sock.readable() => if let Err(e) = r {
-                tracing::warn!(error = %e, "DNS UDP socket not readable");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let n = match batch.recv(fd, libc::MSG_WAITFORONE) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
                 continue;
-            },
-        }
-        for _ in 0..BATCH / super::mmsg::N {
-            let n = match sock.try_io(Interest::READABLE, || batch.recv(fd)) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "DNS UDP receive error");
-                    break;
-                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS UDP receive error");
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+        };
+        let snap = live.current();
+        marks.clear();
+        for i in 0..n {
+            let (packet, out) = batch.slot(i);
+            let Some((packet, from)) = packet else {
+                count(&METRICS.malformed);
+                tracing::debug!("dropped oversized or non-IP DNS datagram");
+                continue;
             };
-            // The snapshot guard is not held across an await.
-            let keep = {
-                let snap = live.current();
-                marks.clear();
-                for i in 0..n {
-                    let (packet, out) = batch.slot(i);
-                    let Some((packet, from)) = packet else {
-                        count(&METRICS.malformed);
-                        tracing::debug!("dropped oversized or non-IP DNS datagram");
+            match handle_guarded(&snap, packet, from.ip(), Transport::Udp, out) {
+                Action::Reply => marks.push(i),
+                Action::Drop => {}
+                Action::Forward(req) => {
+                    let Ok(permit) = forwards.clone().try_acquire_owned() else {
+                        tracing::debug!(client = %from, "too many forwarded queries in flight");
                         continue;
                     };
-                    match handle_guarded(&snap, packet, from.ip(), Transport::Udp, out) {
-                        Action::Reply => marks.push(i),
-                        Action::Drop => {}
-                        Action::Forward(req) => to_forward.push((req, from)),
-                    }
+                    let (sock, snap) = (sock.clone(), Arc::clone(&*snap));
+                    runtime.spawn(async move {
+                        let reply = forward::resolve(&snap, &req, false).await;
+                        if let Err(e) = sock.send_to(&reply, from) {
+                            tracing::debug!(error = %e, %from, "DNS UDP send failed");
+                        }
+                        drop(permit);
+                    });
                 }
-                (!to_forward.is_empty()).then(|| Arc::clone(&*snap))
-            };
-            for &i in &marks {
-                batch.mark(i);
             }
-            for (data, to) in batch.send(fd) {
-                send(&sock, &data, to).await;
-            }
-            if let Some(snap) = keep {
-                for (req, from) in to_forward.drain(..) {
-                    spawn_forward(&sock, &snap, &forwards, req, from);
-                }
+        }
+        drop(snap);
+        for &i in &marks {
+            batch.mark(i);
+        }
+        for (data, to) in batch.send(fd) {
+            // The send buffer was full: wait for room (the socket is blocking).
+            if let Err(e) = sock.send_to(&data, to) {
+                tracing::debug!(error = %e, %to, "DNS UDP send failed");
             }
         }
     }
-}
-
-fn spawn_forward(
-    sock: &Arc<UdpSocket>,
-    snap: &Arc<Snapshot>,
-    forwards: &Arc<Semaphore>,
-    req: Box<super::ForwardRequest>,
-    from: SocketAddr,
-) {
-    let Ok(permit) = forwards.clone().try_acquire_owned() else {
-        tracing::debug!(client = %from, "too many forwarded queries in flight");
-        return;
-    };
-    let (sock, snap) = (sock.clone(), snap.clone());
-    tokio::spawn(async move {
-        let reply = forward::resolve(&snap, &req, false).await;
-        send(&sock, &reply, from).await;
-        drop(permit);
-    });
 }
 
 /// The portable worker: one datagram per system call.
@@ -272,15 +295,24 @@ async fn udp_worker(
                 Action::Reply => send(&sock, &out, from).await,
                 Action::Drop => {}
                 Action::Forward(req) => {
-                    if let Some(snap) = snap {
-                        spawn_forward(&sock, &snap, &forwards, req, from);
-                    }
+                    let Ok(permit) = forwards.clone().try_acquire_owned() else {
+                        tracing::debug!(client = %from, "too many forwarded queries in flight");
+                        continue;
+                    };
+                    let Some(snap) = snap else { continue };
+                    let sock = sock.clone();
+                    tokio::spawn(async move {
+                        let reply = forward::resolve(&snap, &req, false).await;
+                        send(&sock, &reply, from).await;
+                        drop(permit);
+                    });
                 }
             }
         }
     }
 }
 
+#[cfg(not(target_os = "linux"))]
 async fn send(sock: &UdpSocket, data: &[u8], to: SocketAddr) {
     if data.is_empty() {
         return;
