@@ -16,11 +16,16 @@
 //!
 //! A new journal is written to `*.tmp`, fsynced, renamed into place and the directory
 //! fsynced, so a journal file that exists always has a valid header.
+//!
+//! The file is zero-filled ahead of the frames in steps of [`PREALLOC`] (written and synced
+//! once per step), so a frame is an overwrite of allocated blocks and its `fdatasync` only
+//! flushes data, without a file-system journal commit for the size change. Replay ends at the
+//! first zero frame header; zeros after it are that preallocation, anything else a torn tail.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{Lease, LeaseState, StoreError};
@@ -28,6 +33,8 @@ use super::{Lease, LeaseState, StoreError};
 const MAGIC: &[u8; 8] = b"SLWLJNL1";
 pub(super) const HEADER_LEN: u64 = 20;
 const FRAME_HEADER: usize = 8;
+/// Preallocation step (see the module docs).
+pub(super) const PREALLOC: u64 = 1 << 20;
 /// Frames larger than this are treated as garbage on replay (a batch of 65536 leases with
 /// 255-byte host names stays well below it).
 const MAX_FRAME: usize = 64 << 20;
@@ -60,8 +67,10 @@ pub(super) fn parse_name(name: &str) -> Option<u64> {
 pub(super) struct Journal {
     file: File,
     pub(super) generation: u64,
-    /// Bytes known durable (header + complete frames).
+    /// Bytes known durable (header + complete frames): where the next frame goes.
     pub(super) len: u64,
+    /// File size: zeros from `len` to here.
+    allocated: u64,
 }
 
 impl Journal {
@@ -76,27 +85,29 @@ impl Journal {
         let crc = crc32(&header);
         header.extend_from_slice(&crc.to_le_bytes());
         {
-            let mut f = OpenOptions::new()
+            let f = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .mode(0o600)
                 .open(&tmp)
                 .map_err(|e| io_context(e, "creating", &tmp))?;
-            f.write_all(&header)
+            f.write_all_at(&header, 0)
+                .and_then(|()| zero_fill(&f, HEADER_LEN, PREALLOC))
                 .and_then(|()| f.sync_all())
                 .map_err(|e| io_context(e, "writing", &tmp))?;
         }
         std::fs::rename(&tmp, &path).map_err(|e| io_context(e, "renaming", &tmp))?;
         sync_dir(dir)?;
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&path)
             .map_err(|e| io_context(e, "opening", &path))?;
         Ok(Journal {
             file,
             generation,
             len: HEADER_LEN,
+            allocated: PREALLOC,
         })
     }
 
@@ -114,20 +125,27 @@ impl Journal {
         let crc = crc32(&frame[FRAME_HEADER..]);
         frame[..4].copy_from_slice(&len.to_le_bytes());
         frame[4..FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
+        let end = self.len + frame.len() as u64;
+        if end > self.allocated {
+            // Zeros first, synced with the size change; rare (once per PREALLOC bytes).
+            let to = end.div_ceil(PREALLOC) * PREALLOC + PREALLOC;
+            zero_fill(&self.file, self.allocated, to)
+                .and_then(|()| self.file.sync_all())
+                .map_err(|e| AppendError::Clean(StoreError::Io(e)))?;
+            self.allocated = to;
+        }
         match self
             .file
-            .write_all(frame)
+            .write_all_at(frame, self.len)
             .and_then(|()| self.file.sync_data())
         {
             Ok(()) => {
-                self.len += frame.len() as u64;
+                self.len = end;
                 Ok(())
             }
             Err(e) => {
-                let cut = self
-                    .file
-                    .set_len(self.len)
-                    .and_then(|()| self.file.sync_data());
+                // Put the zeros back so the frame cannot surface on replay.
+                let cut = zero_fill(&self.file, self.len, end).and_then(|()| self.file.sync_data());
                 match cut {
                     Ok(()) => Err(AppendError::Clean(StoreError::Io(e))),
                     Err(cut) => Err(AppendError::Poisoned(format!(
@@ -137,6 +155,18 @@ impl Journal {
             }
         }
     }
+}
+
+/// Writes zeros over `from..to`.
+fn zero_fill(f: &File, from: u64, to: u64) -> std::io::Result<()> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64);
+        f.write_all_at(&ZEROS[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -162,7 +192,8 @@ pub(super) fn frame_is_empty(buf: &[u8]) -> bool {
 #[derive(Debug)]
 pub(super) struct Replay {
     pub(super) frames: usize,
-    /// Bytes after the last good frame (a torn tail), ignored.
+    /// Bytes after the last good frame that are not preallocated zeros (a torn tail),
+    /// ignored.
     pub(super) ignored: u64,
 }
 
@@ -204,10 +235,12 @@ pub(super) fn replay(
         at += FRAME_HEADER + payload.len();
         frames += 1;
     }
-    Ok(Replay {
-        frames,
-        ignored: (data.len() - at) as u64,
-    })
+    let rest = &data[at..];
+    let ignored = match rest.iter().rposition(|&b| b != 0) {
+        Some(last) => last as u64 + 1,
+        None => 0,
+    };
+    Ok(Replay { frames, ignored })
 }
 
 /// The payload of the complete, checksummed frame at `at`, if there is one.

@@ -435,6 +435,15 @@ fn journals(dir: &Path) -> Vec<(u64, std::path::PathBuf)> {
     journal::list(dir).unwrap()
 }
 
+/// Where a journal's data ends (its preallocated zeros start).
+fn data_end(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1)
+}
+
 fn compacting(dir: &Path, compact_min_ops: u64) -> RedbStore {
     open_with(
         dir,
@@ -467,9 +476,9 @@ fn journal_replay_ignores_a_torn_tail_and_never_appends_after_it() {
         store.put_lease(&a).unwrap();
         store.put_lease(&b).unwrap();
     }
-    // Cut B's frame in half: its write never finished, so its caller never heard "committed".
+    // Cut B's frame short: its write never finished, so its caller never heard "committed".
     let (_, path) = journals(dir.path()).pop().unwrap();
-    let len = std::fs::metadata(&path).unwrap().len();
+    let len = data_end(&path);
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(len - 10).unwrap();
     drop(f);
@@ -511,11 +520,32 @@ fn a_bad_frame_checksum_ends_the_replay() {
     }
     let (_, path) = journals(dir.path()).pop().unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
-    let last = bytes.len() - 1;
+    let last = data_end(&path) as usize - 1;
     bytes[last] ^= 0xFF;
     std::fs::write(&path, bytes).unwrap();
     let store = open(dir.path()).unwrap();
     assert_eq!(store.leases().unwrap(), vec![lease_n(1)]);
+}
+
+#[test]
+fn the_journal_grows_past_its_preallocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = u32::try_from(journal::PREALLOC / 40).unwrap();
+    {
+        let store = compacting(dir.path(), u64::MAX);
+        for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+            let ops: Vec<Op> = chunk.iter().map(|&i| Op::PutLease(lease_n(i))).collect();
+            assert!(store.apply(&ops).unwrap().iter().all(Result::is_ok));
+        }
+        let (_, path) = journals(dir.path()).pop().unwrap();
+        assert!(data_end(&path) > journal::PREALLOC);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len() % journal::PREALLOC,
+            0
+        );
+    }
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.leases().unwrap().len(), n as usize);
 }
 
 #[test]
@@ -550,7 +580,7 @@ fn compaction_folds_the_journal_into_the_snapshot() {
         assert_eq!(after.len(), 1);
         assert_eq!(after[0].0, before.last().unwrap().0 + 1);
         assert_eq!(
-            std::fs::metadata(&after[0].1).unwrap().len(),
+            data_end(&after[0].1),
             journal::HEADER_LEN,
             "the fresh journal is empty"
         );
