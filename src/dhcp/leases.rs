@@ -31,16 +31,17 @@ pub struct LeaseTable {
     pool: Option<(u32, u32)>,
     /// Where the next free-address search starts, so allocation is O(1) amortised.
     cursor: u32,
+    /// One bit per pool address, set while the address is in `by_ip` or `quarantine` (held,
+    /// or held until it expires); a clear bit is free for anyone. Bits past the end of the
+    /// pool are set. Lets `allocate` skip 64 held addresses per word.
+    held: Vec<u64>,
 }
 
 impl LeaseTable {
     pub fn new(pool: Option<(Ipv4Addr, Ipv4Addr)>) -> LeaseTable {
-        let pool = pool.map(|(a, b)| (u32::from(a), u32::from(b)));
-        LeaseTable {
-            pool,
-            cursor: pool.map_or(0, |p| p.0),
-            ..Default::default()
-        }
+        let mut t = LeaseTable::default();
+        t.set_pool(pool);
+        t
     }
 
     /// Loads persisted leases. Records that do not parse as a MAC are quarantine records.
@@ -65,11 +66,89 @@ impl LeaseTable {
             };
             self.by_mac.insert(mac, entry);
         }
+        self.rebuild_held();
     }
 
     pub fn set_pool(&mut self, pool: Option<(Ipv4Addr, Ipv4Addr)>) {
-        self.pool = pool.map(|(a, b)| (u32::from(a), u32::from(b)));
+        self.pool = pool
+            .map(|(a, b)| (u32::from(a), u32::from(b)))
+            .filter(|(a, b)| a <= b);
         self.cursor = self.pool.map_or(0, |p| p.0);
+        self.rebuild_held();
+    }
+
+    fn rebuild_held(&mut self) {
+        self.held.clear();
+        let Some((start, end)) = self.pool else {
+            return;
+        };
+        let size = u64::from(end - start) + 1;
+        self.held = vec![0; usize::try_from(size.div_ceil(64)).unwrap_or(0)];
+        let tail = size % 64;
+        if tail != 0
+            && let Some(last) = self.held.last_mut()
+        {
+            *last = !0u64 << tail;
+        }
+        let ips: Vec<Ipv4Addr> = self
+            .by_ip
+            .keys()
+            .chain(self.quarantine.keys())
+            .copied()
+            .collect();
+        for ip in ips {
+            self.set_held(ip, true);
+        }
+    }
+
+    /// The bit of `ip` in `held`, if it is a pool address.
+    fn bit(&self, ip: Ipv4Addr) -> Option<(usize, u64)> {
+        let (start, end) = self.pool?;
+        let n = u32::from(ip);
+        if n < start || n > end {
+            return None;
+        }
+        let off = (n - start) as usize;
+        Some((off / 64, 1u64 << (off % 64)))
+    }
+
+    fn set_held(&mut self, ip: Ipv4Addr, held: bool) {
+        if let Some((word, mask)) = self.bit(ip) {
+            if held {
+                self.held[word] |= mask;
+            } else {
+                self.held[word] &= !mask;
+            }
+        }
+    }
+
+    /// Recomputes `ip`'s bit after it left `by_ip` or `quarantine`.
+    fn refresh_held(&mut self, ip: Ipv4Addr) {
+        let held = self.by_ip.contains_key(&ip) || self.quarantine.contains_key(&ip);
+        self.set_held(ip, held);
+    }
+
+    /// The first never-held pool address at or after `from` (pool offset), wrapping around.
+    fn next_clear(&self, from: usize) -> Option<usize> {
+        let words = self.held.len();
+        if words == 0 {
+            return None;
+        }
+        let first = from / 64;
+        // The first word twice: its bits from `from` on, and after wrapping its bits below.
+        for k in 0..=words {
+            let w = (first + k) % words;
+            let mut free = !self.held[w];
+            if k == 0 {
+                free &= !0u64 << (from % 64);
+            } else if k == words {
+                free &= !(!0u64 << (from % 64));
+            }
+            if free != 0 {
+                return Some(w * 64 + free.trailing_zeros() as usize);
+            }
+        }
+        None
     }
 
     pub fn get(&self, mac: &Mac) -> Option<&Entry> {
@@ -106,7 +185,9 @@ impl LeaseTable {
         }
     }
 
-    /// A pool address for `mac`: its current one, the one it asks for, or the next free one.
+    /// A pool address for `mac`: its current one, the one it asks for, or the next free one:
+    /// first the next address (from a rotating cursor) that nobody holds, and only when the
+    /// whole pool is held the next one whose holder expired or released it.
     pub fn allocate(
         &mut self,
         mac: &Mac,
@@ -126,6 +207,11 @@ impl LeaseTable {
             return Some(ip);
         }
         let (start, end) = self.pool?;
+        if let Some(off) = self.next_clear((self.cursor - start) as usize) {
+            let ip = start + off as u32;
+            self.cursor = if ip >= end { start } else { ip + 1 };
+            return Some(Ipv4Addr::from(ip));
+        }
         let size = u64::from(end - start) + 1;
         for _ in 0..size {
             let ip = Ipv4Addr::from(self.cursor);
@@ -209,6 +295,7 @@ impl LeaseTable {
         let mut ops = self.release(mac);
         let until = now + QUARANTINE_SECS;
         self.quarantine.insert(ip, until);
+        self.set_held(ip, true);
         ops.push(Op::PutLease(Lease {
             mac: format!("{QUARANTINE_KEY}{ip}"),
             ip,
@@ -248,15 +335,18 @@ impl LeaseTable {
         {
             let prev_ip = prev.ip;
             self.by_ip.remove(&prev_ip);
+            self.refresh_held(prev_ip);
         }
         if self.quarantine.contains_key(&ip) {
             self.quarantine.remove(&ip);
+            self.refresh_held(ip);
             ops.push(Op::DeleteLease(format!("{QUARANTINE_KEY}{ip}")));
         }
         ops
     }
 
     fn insert(&mut self, mac: Mac, entry: Entry) {
+        self.set_held(entry.ip, true);
         self.by_ip.insert(entry.ip, mac);
         self.by_mac.insert(mac, entry);
     }
@@ -265,6 +355,7 @@ impl LeaseTable {
         let e = self.by_mac.remove(mac)?;
         if self.by_ip.get(&e.ip) == Some(mac) {
             self.by_ip.remove(&e.ip);
+            self.refresh_held(e.ip);
         }
         Some(e)
     }
@@ -363,6 +454,67 @@ mod tests {
         reloaded.load(leases);
         assert!(!reloaded.available(ip(200), &mac(2), 20));
         assert!(reloaded.available(ip(200), &mac(2), 10 + QUARANTINE_SECS));
+    }
+
+    /// Every pool address's bit says whether it is in `by_ip` or `quarantine`.
+    fn assert_bits(t: &LeaseTable) {
+        let (start, end) = t.pool.unwrap();
+        for n in start..=end {
+            let ip = Ipv4Addr::from(n);
+            let (w, m) = t.bit(ip).unwrap();
+            let want = t.by_ip.contains_key(&ip) || t.quarantine.contains_key(&ip);
+            assert_eq!(t.held[w] & m != 0, want, "{ip}");
+        }
+    }
+
+    #[test]
+    fn free_addresses_go_first_then_expired_ones() {
+        let pool = (Ipv4Addr::new(10, 0, 0, 0), Ipv4Addr::new(10, 0, 0, 129));
+        let mut t = LeaseTable::new(Some(pool));
+        let m = |n: u32| {
+            let b = n.to_be_bytes();
+            Mac([2, 0, b[0], b[1], b[2], b[3]])
+        };
+        // Fill the pool (130 addresses: three bitmap words, the last partly past the pool).
+        let mut seen = std::collections::HashSet::new();
+        for n in 0..130 {
+            let ip = t.allocate(&m(n), None, 0).unwrap();
+            assert!(seen.insert(ip), "{ip} handed out twice");
+            if n % 2 == 0 {
+                t.bind(m(n), ip, 0, 10, None);
+            } else {
+                t.offer(m(n), ip, 0);
+            }
+        }
+        assert_bits(&t);
+        assert_eq!(t.allocate(&m(500), None, 5), None, "all held, none expired");
+        // Free one address in the middle and quarantine another: the free one is next.
+        let freed = t.get(&m(77)).unwrap().ip;
+        t.release(&m(77));
+        let declined = t.get(&m(78)).unwrap().ip;
+        t.decline(&m(78), declined, 5);
+        assert_bits(&t);
+        assert_eq!(t.allocate(&m(500), None, 5), Some(freed));
+        t.offer(m(500), freed, 5);
+        // Now only expired leases remain to be reclaimed (binds expire at 10).
+        let got = t.allocate(&m(501), None, 11).unwrap();
+        assert_ne!(got, declined, "quarantined");
+        let ops = t.bind(m(501), got, 11, 10, None);
+        assert!(matches!(&ops[0], Op::DeleteLease(_)));
+        assert_bits(&t);
+        // Moving a client and set_pool keep the bits right.
+        let old = t.get(&m(0)).unwrap().ip;
+        t.release(&m(1));
+        let fresh = t.allocate(&m(0), None, 11);
+        assert!(fresh.is_some());
+        t.set_pool(Some(pool));
+        assert_bits(&t);
+        assert!(t.holder(old).is_some());
+        let mut small = LeaseTable::new(Some((ip(1), ip(1))));
+        assert_eq!(small.allocate(&mac(1), None, 0), Some(ip(1)));
+        small.offer(mac(1), ip(1), 0);
+        assert_eq!(small.allocate(&mac(2), None, 0), None);
+        assert_bits(&small);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod boot;
 pub mod engine;
 pub mod leases;
+mod mmsg;
 pub mod packet;
 pub mod server;
 

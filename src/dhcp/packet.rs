@@ -4,9 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use dhcproto::v4::{
-    self, DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode, UnknownOption,
-};
+use dhcproto::v4::{self, DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Encodable};
 
 use crate::desc::Mac;
@@ -215,6 +213,120 @@ impl Reply {
 /// Encodes `reply` as an answer to `req`: xid, chaddr, giaddr and flags come from the request;
 /// option 82 is echoed when the request came through a relay.
 pub fn encode(req: &Request, reply: &Reply) -> Vec<u8> {
+    let mut out = Vec::with_capacity(576);
+    encode_into(req, reply, &mut out);
+    out
+}
+
+/// [`encode`] into `out` (cleared first), without allocating when `out` has room. Writes
+/// what dhcproto's encoder writes for the same message, byte for byte (a test holds it to
+/// that): the BOOTP header, then the options in code order, option 82 last, End.
+pub fn encode_into(req: &Request, reply: &Reply, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&[2, 1, 6, req.hops]); // op BOOTREPLY, htype Ethernet, hlen 6
+    out.extend_from_slice(&req.xid.to_be_bytes());
+    out.extend_from_slice(&[0, 0]); // secs
+    out.extend_from_slice(&(if req.broadcast { 0x8000u16 } else { 0 }).to_be_bytes());
+    let ciaddr = if reply.kind == MessageType::Nak {
+        Ipv4Addr::UNSPECIFIED
+    } else {
+        req.ciaddr
+    };
+    for a in [ciaddr, reply.yiaddr, reply.siaddr, req.giaddr] {
+        out.extend_from_slice(&a.octets());
+    }
+    out.extend_from_slice(&req.mac.0);
+    out.extend_from_slice(&[0; 10 + 64]); // rest of chaddr, sname
+    let file = reply.boot_file.as_deref().filter(|f| f.len() < 128);
+    let file = file.map_or(&[][..], str::as_bytes);
+    out.extend_from_slice(file);
+    out.resize(out.len() + 128 - file.len(), 0);
+    out.extend_from_slice(&[99, 130, 83, 99]); // magic cookie
+
+    let ips = |out: &mut Vec<u8>, code: u8, ips: &[Ipv4Addr]| {
+        // At most 63 addresses (252 bytes) per instance, as dhcproto splits them.
+        for chunk in ips.chunks(63) {
+            out.extend_from_slice(&[code, (chunk.len() * 4) as u8]);
+            for ip in chunk {
+                out.extend_from_slice(&ip.octets());
+            }
+        }
+    };
+    let bytes = |out: &mut Vec<u8>, code: u8, data: &[u8]| {
+        for chunk in data.chunks(255) {
+            out.extend_from_slice(&[code, chunk.len() as u8]);
+            out.extend_from_slice(chunk);
+        }
+    };
+    let ip = |out: &mut Vec<u8>, code: u8, ip: Ipv4Addr| {
+        out.extend_from_slice(&[code, 4]);
+        out.extend_from_slice(&ip.octets());
+    };
+    let u32_opt = |out: &mut Vec<u8>, code: u8, v: u32| {
+        out.extend_from_slice(&[code, 4]);
+        out.extend_from_slice(&v.to_be_bytes());
+    };
+    if let Some(m) = reply.subnet_mask {
+        ip(out, 1, m);
+    }
+    ips(out, 3, &reply.routers);
+    ips(out, 6, &reply.dns);
+    if let Some(h) = &reply.hostname {
+        bytes(out, 12, h.as_bytes());
+    }
+    if let Some(d) = &reply.domain {
+        bytes(out, 15, d.as_bytes());
+    }
+    if let Some(mtu) = reply.mtu {
+        out.extend_from_slice(&[26, 2]);
+        out.extend_from_slice(&mtu.to_be_bytes());
+    }
+    if let Some(b) = reply.broadcast_addr {
+        ip(out, 28, b);
+    }
+    ips(out, 42, &reply.ntp);
+    if let Some(secs) = reply.lease_secs {
+        u32_opt(out, 51, secs);
+    }
+    out.extend_from_slice(&[53, 1, u8::from(reply.kind)]);
+    ip(out, 54, reply.server_id);
+    if let Some(m) = &reply.message {
+        bytes(out, 56, m.as_bytes());
+    }
+    if let Some(secs) = reply.lease_secs {
+        u32_opt(out, 58, secs / 2);
+        u32_opt(out, 59, secs / 8 * 7);
+    }
+    if let Some(vc) = reply.vendor_class {
+        bytes(out, 60, vc.as_bytes());
+    }
+    if let Some(t) = &reply.tftp_server {
+        bytes(out, 66, t.as_bytes());
+    }
+    if let Some(file) = &reply.boot_file {
+        bytes(out, 67, file.as_bytes());
+    }
+    if reply.ipxe_no_proxydhcp {
+        // Encapsulated iPXE options (175): sub-option 176 no-pxedhcp, length 1, value 1.
+        out.extend_from_slice(&[175, 3, 176, 1, 1]);
+    }
+    if !req.giaddr.is_unspecified()
+        && let Some(ri) = &req.relay_info
+    {
+        // Re-encoded as dhcproto parsed it (rare: only relayed requests carry it). Its
+        // encoder writes from the start of the buffer it gets, hence the separate one.
+        let mut buf = Vec::new();
+        match ri.encode(&mut dhcproto::encoder::Encoder::new(&mut buf)) {
+            Ok(()) => out.extend_from_slice(&buf),
+            Err(e) => tracing::debug!(error = %e, "relay agent information not echoed"),
+        }
+    }
+    out.push(255);
+}
+
+/// The dhcproto encoding [`encode_into`] must equal.
+#[cfg(test)]
+fn encode_dhcproto(req: &Request, reply: &Reply) -> Vec<u8> {
     let mut msg = Message::new_with_id(
         req.xid,
         if reply.kind == MessageType::Nak {
@@ -229,7 +341,7 @@ pub fn encode(req: &Request, reply: &Reply) -> Vec<u8> {
     );
     msg.set_opcode(Opcode::BootReply);
     msg.set_hops(req.hops);
-    let mut flags = Flags::default();
+    let mut flags = v4::Flags::default();
     if req.broadcast {
         flags = flags.set_broadcast();
     }
@@ -282,7 +394,7 @@ pub fn encode(req: &Request, reply: &Reply) -> Vec<u8> {
     }
     if reply.ipxe_no_proxydhcp {
         // Encapsulated iPXE options (175): sub-option 176 no-pxedhcp, length 1, value 1.
-        o.insert(DhcpOption::Unknown(UnknownOption::new(
+        o.insert(DhcpOption::Unknown(v4::UnknownOption::new(
             OptionCode::Unknown(175),
             vec![176, 1, 1],
         )));
@@ -381,6 +493,58 @@ mod tests {
         let mut reply = client_msg(MessageType::Discover, [1, 2, 3, 4, 5, 6], vec![]);
         reply[0] = 2;
         assert!(matches!(parse(&reply), Err(ParseError::NotRequest(2))));
+    }
+
+    #[test]
+    fn encoder_writes_what_dhcproto_writes() {
+        use dhcproto::v4::relay::{RelayAgentInformation, RelayInfo};
+        let mut relay = RelayAgentInformation::default();
+        relay.insert(RelayInfo::AgentCircuitId(b"eth0/7".to_vec()));
+        let plain = client_msg(MessageType::Request, [0x52, 0x54, 0, 0, 0, 9], vec![]);
+        let mut relayed = Message::from_bytes(&client_msg(
+            MessageType::Discover,
+            [2, 0, 0, 0, 0, 1],
+            vec![DhcpOption::RelayAgentInformation(relay)],
+        ))
+        .unwrap();
+        relayed.set_giaddr(Ipv4Addr::new(10, 0, 7, 1));
+        relayed.set_hops(1);
+        relayed.set_flags(v4::Flags::default().set_broadcast());
+        let relayed = relayed.to_vec().unwrap();
+        let server = Ipv4Addr::new(10, 0, 0, 2);
+        let mut full = Reply::new(MessageType::Ack, server);
+        full.yiaddr = Ipv4Addr::new(10, 0, 0, 11);
+        full.siaddr = server;
+        full.lease_secs = Some(86_400);
+        full.subnet_mask = Some(Ipv4Addr::new(255, 255, 0, 0));
+        full.broadcast_addr = Some(Ipv4Addr::new(10, 0, 255, 255));
+        full.routers = vec![Ipv4Addr::new(10, 0, 0, 1)];
+        full.dns = (0..70).map(|i| Ipv4Addr::new(10, 1, 0, i)).collect();
+        full.domain = Some("cluster.lan".into());
+        full.hostname = Some("node-9".into());
+        full.ntp = vec![Ipv4Addr::new(10, 0, 0, 3), Ipv4Addr::new(10, 0, 0, 4)];
+        full.mtu = Some(9000);
+        full.boot_file = Some("undionly.kpxe".into());
+        full.tftp_server = Some("10.0.0.2".into());
+        full.vendor_class = Some("PXEClient");
+        full.ipxe_no_proxydhcp = true;
+        let mut long = Reply::new(MessageType::Offer, server);
+        long.boot_file = Some(format!(
+            "http://10.0.0.2:8080/boot/{}.ipxe",
+            "x".repeat(300)
+        ));
+        long.hostname = Some(String::new());
+        let mut nak = Reply::new(MessageType::Nak, server);
+        nak.message = Some("address 10.0.0.99 is not yours".into());
+        let mut out = Vec::new();
+        for bytes in [&plain, &relayed] {
+            let mut req = parse(bytes).unwrap();
+            for reply in [&full, &long, &nak, &Reply::new(MessageType::Offer, server)] {
+                encode_into(&req, reply, &mut out);
+                assert_eq!(out, encode_dhcproto(&req, reply), "{reply:?}");
+                req.ciaddr = Ipv4Addr::new(10, 0, 0, 11);
+            }
+        }
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! The DHCP server loop. Sockets are bound by `bind` (or by a test) and handed in. One thread
-//! receives, decides and answers; a writer thread makes lease changes durable in batches
-//! (group commit: one fsync for every ACK that arrived meanwhile) and sends those ACKs only
-//! after their leases are on disk, so a crash can never hand one address to two machines.
+//! per socket receives a batch of requests, decides and answers them, makes the batch's
+//! lease changes durable in one store call (group commit: one fdatasync for every ACK of the
+//! batch) and sends those ACKs only after their leases are on disk, so a crash can never
+//! hand one address to two machines.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::boot::BootFiles;
 use super::engine::{self, Ctx, Port};
 use super::leases::LeaseTable;
+use super::mmsg::{self, RecvBatch, SendBatch};
 use super::packet::{self, Destination};
 use crate::app::App;
 use crate::serve::Shutdown;
@@ -26,8 +28,11 @@ pub const CLIENT_PORT: u16 = 68;
 pub const PROXY_PORT: u16 = 4011;
 /// How often blocked threads look at the shutdown flag.
 const TICK: Duration = Duration::from_millis(200);
-/// Most ACKs waiting for the disk at once; beyond that requests are dropped (clients retry).
-const WRITE_QUEUE: usize = 16_384;
+/// Receive-queue memory (kernel accounting, ~1-2 KiB per queued request) beyond which new
+/// DISCOVERs are dropped in favour of REQUESTs.
+const SHED_QUEUE: usize = 512 << 10;
+/// Most receive batches (of `mmsg::N`) decided before their writes are committed.
+const DRAIN_ROUNDS: usize = 8;
 
 /// Packet counters (exported as metrics by the status module).
 #[derive(Debug, Default)]
@@ -38,6 +43,7 @@ pub struct Stats {
     pub offers: AtomicU64,
     pub acks: AtomicU64,
     pub naks: AtomicU64,
+    /// DISCOVERs dropped unanswered because the receive queue was long (overload).
     pub dropped_overload: AtomicU64,
     pub commit_failures: AtomicU64,
 }
@@ -106,12 +112,6 @@ impl Handle {
     }
 }
 
-/// A reply waiting for its store writes.
-struct Job {
-    ops: Vec<Op>,
-    reply: Option<(Vec<u8>, SocketAddr)>,
-}
-
 /// Starts the server threads on already-bound sockets.
 pub fn spawn(
     sockets: Sockets,
@@ -124,19 +124,9 @@ pub fn spawn(
     table.load(app.store.leases().map_err(io::Error::other)?);
     tracing::info!(leases = table.len(), "DHCP lease table loaded");
 
-    let (tx, rx) = sync_channel::<Job>(WRITE_QUEUE);
     let mut threads = Vec::new();
-    let writer_sock = sockets.server.try_clone()?;
-    {
-        let (store, stats, shutdown) = (app.store.clone(), stats.clone(), shutdown.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name("dhcp-writer".into())
-                .spawn(move || writer(rx, store, writer_sock, stats, shutdown))?,
-        );
-    }
     if let Some(proxy) = sockets.proxy {
-        let (app, stats, shutdown, tx) = (app.clone(), stats.clone(), shutdown.clone(), tx.clone());
+        let (app, stats, shutdown) = (app.clone(), stats.clone(), shutdown.clone());
         threads.push(
             std::thread::Builder::new()
                 .name("dhcp-proxy".into())
@@ -147,7 +137,6 @@ pub fn spawn(
                         app,
                         LeaseTable::default(),
                         boot,
-                        tx,
                         stats,
                         shutdown,
                     )
@@ -159,26 +148,47 @@ pub fn spawn(
         threads.push(
             std::thread::Builder::new()
                 .name("dhcp".into())
-                .spawn(move || {
-                    receiver(server, Port::Server, app, table, boot, tx, stats, shutdown)
-                })?,
+                .spawn(move || receiver(server, Port::Server, app, table, boot, stats, shutdown))?,
         );
     }
     Ok(Handle { stats, threads })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// An encoded reply and where it goes.
+type Outgoing = (Vec<u8>, SocketAddr);
+
+/// Store writes of one batch of datagrams and the replies that wait for them.
+#[derive(Default)]
+struct Pending {
+    ops: Vec<Op>,
+    /// Per request: its ops (`ops[start..end]`) and the reply sent once they are durable.
+    jobs: Vec<(usize, usize, Option<Outgoing>)>,
+}
+
+/// One thread per socket: receives a batch of datagrams (whatever queued up, up to
+/// `mmsg::N`), decides each, sends the replies that need no disk write, makes the batch's
+/// lease changes durable in one store call (one fdatasync: the group commit) and then sends
+/// the ACKs whose writes committed. No thread hand-off: while the disk syncs, new requests
+/// queue in the socket and form the next batch.
 fn receiver(
     sock: UdpSocket,
     port: Port,
     app: Arc<App>,
     mut table: LeaseTable,
     boot: BootFiles,
-    tx: SyncSender<Job>,
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
-    let mut buf = [0u8; 1500];
+    let fd = sock.as_raw_fd();
+    let mut batch = RecvBatch::new();
+    let mut now_out = SendBatch::default();
+    let mut acks_out = SendBatch::default();
+    let mut pending = Pending::default();
+    // Receive-queue memory above which new DISCOVERs are shed (see `overloaded`): half the
+    // buffer, at most SHED_QUEUE (a few ms of requests at full speed).
+    let shed_above = socket2::SockRef::from(&sock)
+        .recv_buffer_size()
+        .map_or(SHED_QUEUE, |b| (b / 2).min(SHED_QUEUE));
     let mut generation = app.generation();
     let mut names_dirty = true;
     let mut names_published = Instant::now();
@@ -191,98 +201,163 @@ fn receiver(
             names_dirty = false;
             names_published = Instant::now();
         }
-        let (n, src) = match sock.recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue;
+        // Drain what is queued (up to DRAIN_ROUNDS batches) before committing: under load
+        // that makes one fdatasync cover many ACKs; OFFERs go out after each batch.
+        for round in 0..DRAIN_ROUNDS {
+            let n = match batch.recv(fd, round == 0) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "DHCP receive failed");
+                    std::thread::sleep(TICK);
+                    break;
+                }
+            };
+            // Overload: a full batch with a long queue still behind it. New DISCOVERs are
+            // dropped first so the exchanges under way (their REQUESTs) complete and the
+            // completed rate holds instead of collapsing.
+            let overloaded =
+                n == mmsg::N && mmsg::queued_bytes(fd).is_some_and(|q| q as usize > shed_above);
+            let plan = app.plan();
+            if app.generation() != generation {
+                generation = app.generation();
+                table.set_pool(plan.network.pool);
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "DHCP receive failed");
-                std::thread::sleep(TICK);
-                continue;
-            }
-        };
-        Stats::bump(&stats.received);
-        let req = match packet::parse(&buf[..n]) {
-            Ok(r) => r,
-            Err(e) => {
-                Stats::bump(&stats.malformed);
-                tracing::debug!(%src, error = %e, "dropped DHCP packet");
-                continue;
-            }
-        };
-        let plan = app.plan();
-        if app.generation() != generation {
-            generation = app.generation();
-            table.set_pool(plan.network.pool);
-        }
-        let now_ms = now_millis();
-        let ctx = Ctx {
-            plan: &plan,
-            boot,
-            now: now_ms / 1000,
-            now_millis: now_ms,
-        };
-        let out = engine::handle(&ctx, &mut table, &req, port);
-        if let Some(why) = out.silence {
-            Stats::bump(&stats.ignored);
-            tracing::debug!(mac = %req.mac, kind = ?req.kind, ?why, "no DHCP reply");
-        }
-        names_dirty |= out.ops.iter().any(|op| {
-            matches!(op, Op::PutLease(l) if l.hostname.is_some())
-                || matches!(op, Op::DeleteLease(_))
-        });
-        let reply = out.reply.map(|(reply, dest)| {
-            match reply.kind {
-                dhcproto::v4::MessageType::Offer => Stats::bump(&stats.offers),
-                dhcproto::v4::MessageType::Ack => Stats::bump(&stats.acks),
-                dhcproto::v4::MessageType::Nak => Stats::bump(&stats.naks),
-                _ => {}
-            }
-            tracing::debug!(mac = %req.mac, kind = ?reply.kind, yiaddr = %reply.yiaddr, ?dest, "DHCP reply");
-            (packet::encode(&req, &reply), address(dest, src))
-        });
-        match (reply, out.commit_first) {
-            (Some((bytes, to)), false) => {
-                send(&sock, &bytes, to);
+            let now_ms = now_millis();
+            let ctx = Ctx {
+                plan: &plan,
+                boot,
+                now: now_ms / 1000,
+                now_millis: now_ms,
+            };
+            for i in 0..n {
+                let (bytes, cut, src) = batch.get(i);
+                Stats::bump(&stats.received);
+                if cut {
+                    Stats::bump(&stats.malformed);
+                    tracing::debug!(%src, "dropped oversized DHCP datagram");
+                    continue;
+                }
+                if overloaded && peek_kind(bytes) == Some(DISCOVER) {
+                    Stats::bump(&stats.dropped_overload);
+                    continue;
+                }
+                let req = match packet::parse(bytes) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        Stats::bump(&stats.malformed);
+                        tracing::debug!(%src, error = %e, "dropped DHCP packet");
+                        continue;
+                    }
+                };
+                let out = engine::handle(&ctx, &mut table, &req, port);
+                if let Some(why) = out.silence {
+                    Stats::bump(&stats.ignored);
+                    tracing::debug!(mac = %req.mac, kind = ?req.kind, ?why, "no DHCP reply");
+                }
+                names_dirty |= out.ops.iter().any(|op| {
+                    matches!(op, Op::PutLease(l) if l.hostname.is_some())
+                        || matches!(op, Op::DeleteLease(_))
+                });
+                let reply = out.reply.map(|(reply, dest)| {
+                    match reply.kind {
+                        dhcproto::v4::MessageType::Offer => Stats::bump(&stats.offers),
+                        dhcproto::v4::MessageType::Ack => Stats::bump(&stats.acks),
+                        dhcproto::v4::MessageType::Nak => Stats::bump(&stats.naks),
+                        _ => {}
+                    }
+                    tracing::debug!(mac = %req.mac, kind = ?reply.kind, yiaddr = %reply.yiaddr, ?dest, "DHCP reply");
+                    let mut bytes = now_out.buffer();
+                    packet::encode_into(&req, &reply, &mut bytes);
+                    (bytes, address(dest, src))
+                });
+                let (reply_now, reply_later) = match reply {
+                    Some(r) if !out.commit_first || out.ops.is_empty() => (Some(r), None),
+                    r => (None, r),
+                };
+                if let Some((bytes, to)) = reply_now {
+                    now_out.push(bytes, to);
+                }
                 if !out.ops.is_empty() {
-                    queue(
-                        &tx,
-                        Job {
-                            ops: out.ops,
-                            reply: None,
-                        },
-                        &stats,
-                    );
+                    let start = pending.ops.len();
+                    pending.ops.extend(out.ops);
+                    pending.jobs.push((start, pending.ops.len(), reply_later));
                 }
             }
-            (reply, _) if !out.ops.is_empty() => queue(
-                &tx,
-                Job {
-                    ops: out.ops,
-                    reply,
-                },
-                &stats,
-            ),
-            (Some((bytes, to)), true) => send(&sock, &bytes, to),
-            (None, _) => {}
+            drop(plan);
+            now_out.flush(fd);
+            if n < mmsg::N {
+                break;
+            }
+        }
+        if !pending.ops.is_empty() {
+            commit(&*app.store, &mut pending, &mut acks_out, &stats);
+            acks_out.flush(fd);
+            acks_out.give_spares(&mut now_out);
         }
     }
 }
 
-fn queue(tx: &SyncSender<Job>, job: Job, stats: &Stats) {
-    match tx.try_send(job) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => Stats::bump(&stats.dropped_overload),
-        Err(TrySendError::Disconnected(_)) => {}
+/// Makes a batch's writes durable in one store call and queues the replies whose writes all
+/// committed. A failed write withholds its reply: the client retries and gets a fresh
+/// decision.
+fn commit(store: &dyn Store, pending: &mut Pending, out: &mut SendBatch, stats: &Stats) {
+    match store.apply(&pending.ops) {
+        Ok(results) => {
+            for (start, end, reply) in pending.jobs.drain(..) {
+                let mut ok = true;
+                for e in results[start..end].iter().filter_map(|r| r.as_ref().err()) {
+                    tracing::error!(error = %e, "DHCP store write refused");
+                    ok = false;
+                }
+                match (ok, reply) {
+                    (true, Some((bytes, to))) => out.push(bytes, to),
+                    (false, Some(_)) => Stats::bump(&stats.commit_failures),
+                    _ => {}
+                }
+            }
+        }
+        Err(e) => {
+            let withheld = pending.jobs.iter().filter(|j| j.2.is_some()).count();
+            stats
+                .commit_failures
+                .fetch_add(withheld as u64, Ordering::Relaxed);
+            tracing::error!(error = %e, replies = withheld, "could not persist DHCP leases; withholding replies");
+            pending.jobs.clear();
+        }
     }
+    pending.ops.clear();
+}
+
+const DISCOVER: u8 = 1;
+
+/// The DHCP message type (option 53) of a datagram, read without parsing the rest; `None`
+/// when it is not in the options field (the full parse decides then).
+fn peek_kind(bytes: &[u8]) -> Option<u8> {
+    let mut at = 240;
+    while at < bytes.len() {
+        match bytes[at] {
+            0 => at += 1,
+            255 => return None,
+            code => {
+                let len = usize::from(*bytes.get(at + 1)?);
+                if code == 53 && len >= 1 {
+                    return bytes.get(at + 2).copied();
+                }
+                at += 2 + len;
+            }
+        }
+    }
+    None
 }
 
 fn address(dest: Destination, src: SocketAddr) -> SocketAddr {
@@ -294,65 +369,20 @@ fn address(dest: Destination, src: SocketAddr) -> SocketAddr {
     }
 }
 
-fn send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
-    if bytes.is_empty() {
-        return;
-    }
-    if let Err(e) = sock.send_to(bytes, to) {
-        tracing::warn!(%to, error = %e, "DHCP send failed");
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Drains queued jobs into one store transaction, then sends the replies whose writes all
-/// committed. A failed write withholds its ACK: the client retries and gets a fresh decision.
-fn writer(
-    rx: Receiver<Job>,
-    store: Arc<dyn Store>,
-    sock: UdpSocket,
-    stats: Arc<Stats>,
-    shutdown: Shutdown,
-) {
-    const MAX_BATCH: usize = 65_536;
-    loop {
-        let first = match rx.recv_timeout(TICK) {
-            Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) if shutdown.is_requested() => return,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        let ops: Vec<Op> = jobs.iter().flat_map(|j| j.ops.iter().cloned()).collect();
-        let results = match store.apply(&ops) {
-            Ok(r) => r,
-            Err(e) => {
-                stats
-                    .commit_failures
-                    .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-                tracing::error!(error = %e, jobs = jobs.len(), "could not persist DHCP leases; withholding replies");
-                continue;
-            }
-        };
-        let mut at = 0;
-        for job in jobs {
-            let ok = results[at..at + job.ops.len()].iter().all(Result::is_ok);
-            for r in results[at..at + job.ops.len()]
-                .iter()
-                .filter_map(|r| r.as_ref().err())
-            {
-                tracing::error!(error = %r, "DHCP store write refused");
-            }
-            at += job.ops.len();
-            match (ok, job.reply) {
-                (true, Some((bytes, to))) => send(&sock, &bytes, to),
-                (false, Some(_)) => Stats::bump(&stats.commit_failures),
-                _ => {}
-            }
-        }
+    #[test]
+    fn peek_kind_finds_option_53() {
+        let mut p = vec![0u8; 240];
+        p.extend_from_slice(&[0, 12, 3, b'a', b'b', b'c', 53, 1, 3, 255]);
+        assert_eq!(peek_kind(&p), Some(3));
+        p.truncate(240 + 7);
+        assert_eq!(peek_kind(&p), None, "cut inside the option");
+        assert_eq!(peek_kind(&[0u8; 100]), None);
+        let mut q = vec![0u8; 240];
+        q.extend_from_slice(&[12, 200]);
+        assert_eq!(peek_kind(&q), None, "length past the end");
     }
 }
