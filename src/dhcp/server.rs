@@ -30,7 +30,7 @@ pub const PROXY_PORT: u16 = 4011;
 const TICK: Duration = Duration::from_millis(200);
 /// Receive-queue memory (kernel accounting, ~1-2 KiB per queued request) beyond which new
 /// DISCOVERs are dropped in favour of REQUESTs.
-const SHED_QUEUE: usize = 512 << 10;
+const SHED_QUEUE: usize = 2 << 20;
 /// Most receive batches (of `mmsg::N`) decided before their writes are committed.
 const DRAIN_ROUNDS: usize = 8;
 
