@@ -17,8 +17,8 @@
 //! A new journal is written to `*.tmp`, fsynced, renamed into place and the directory
 //! fsynced, so a journal file that exists always has a valid header.
 //!
-//! The file is zero-filled ahead of the frames in steps of [`PREALLOC`] (written and synced
-//! once per step), so a frame is an overwrite of allocated blocks and its `fdatasync` only
+//! The file is zero-filled ahead of the frames ([`PREALLOC`] at creation, then in steps of
+//! `GROW`, written and synced once per step), so a frame is an overwrite of allocated blocks and its `fdatasync` only
 //! flushes data, without a file-system journal commit for the size change. Replay ends at the
 //! first zero frame header; zeros after it are that preallocation, anything else a torn tail.
 
@@ -33,8 +33,11 @@ use super::{Lease, LeaseState, StoreError};
 const MAGIC: &[u8; 8] = b"SLWLJNL1";
 pub(super) const HEADER_LEN: u64 = 20;
 const FRAME_HEADER: usize = 8;
-/// Preallocation step (see the module docs).
+/// Zeros written when a journal is created (see the module docs).
 pub(super) const PREALLOC: u64 = 1 << 20;
+/// Zeros added when the frames reach the end: small, so the commit that pays for it is not
+/// held up for long (a MiB of zeros and its sync took up to ~25 ms here).
+const GROW: u64 = 64 << 10;
 /// Frames larger than this are treated as garbage on replay (a batch of 65536 leases with
 /// 255-byte host names stays well below it).
 const MAX_FRAME: usize = 64 << 20;
@@ -127,8 +130,8 @@ impl Journal {
         frame[4..FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
         let end = self.len + frame.len() as u64;
         if end > self.allocated {
-            // Zeros first, synced with the size change; rare (once per PREALLOC bytes).
-            let to = end.div_ceil(PREALLOC) * PREALLOC + PREALLOC;
+            // Zeros first, synced with the size change; once per GROW bytes.
+            let to = end.div_ceil(GROW) * GROW + GROW;
             zero_fill(&self.file, self.allocated, to)
                 .and_then(|()| self.file.sync_all())
                 .map_err(|e| AppendError::Clean(StoreError::Io(e)))?;
