@@ -127,16 +127,6 @@ impl SendBatch {
         }
     }
 
-    /// Moves this batch's spare buffers to `other` (which encodes the replies).
-    pub fn give_spares(&mut self, other: &mut SendBatch) {
-        while other.spare.len() < 2 * N {
-            match self.spare.pop() {
-                Some(b) => other.spare.push(b),
-                None => break,
-            }
-        }
-    }
-
     /// Sends everything queued, `N` per call; a datagram the kernel refuses is logged and
     /// skipped.
     pub fn flush(&mut self, fd: RawFd) {

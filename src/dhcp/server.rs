@@ -1,14 +1,15 @@
 //! The DHCP server loop. Sockets are bound by `bind` (or by a test) and handed in. One thread
-//! per socket receives a batch of requests, decides and answers them, makes the batch's
-//! lease changes durable in one store call (group commit: one fdatasync for every ACK of the
-//! batch) and sends those ACKs only after their leases are on disk, so a crash can never
-//! hand one address to two machines.
+//! per socket receives requests in batches (recvmmsg), decides and answers them (sendmmsg);
+//! a writer thread makes their lease changes durable (group commit: one fdatasync for every
+//! request queued meanwhile) and sends those ACKs only after their leases are on disk, so a
+//! crash can never hand one address to two machines.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -31,8 +32,13 @@ const TICK: Duration = Duration::from_millis(200);
 /// Receive-queue memory (kernel accounting, ~1-2 KiB per queued request) beyond which new
 /// DISCOVERs are dropped in favour of REQUESTs.
 const SHED_QUEUE: usize = 2 << 20;
-/// Most receive batches (of `mmsg::N`) decided before their writes are committed.
-const DRAIN_ROUNDS: usize = 8;
+/// Requests waiting for the writer beyond which new DISCOVERs are shed.
+const WRITE_SHED: usize = 8_192;
+/// Requests waiting for the writer beyond which new store writes are dropped (the client
+/// retries).
+const WRITE_MAX: usize = 32_768;
+/// Most requests in one commit.
+const MAX_COMMIT: usize = 16_384;
 
 /// Packet counters (exported as metrics by the status module).
 #[derive(Debug, Default)]
@@ -43,7 +49,8 @@ pub struct Stats {
     pub offers: AtomicU64,
     pub acks: AtomicU64,
     pub naks: AtomicU64,
-    /// DISCOVERs dropped unanswered because the receive queue was long (overload).
+    /// Requests dropped unanswered under overload: DISCOVERs when the receive or write queue
+    /// was long, any write when the write queue was full.
     pub dropped_overload: AtomicU64,
     pub commit_failures: AtomicU64,
 }
@@ -124,9 +131,25 @@ pub fn spawn(
     table.load(app.store.leases().map_err(io::Error::other)?);
     tracing::info!(leases = table.len(), "DHCP lease table loaded");
 
+    let (tx, rx) = channel::<Pending>();
+    let queue = Queue {
+        tx,
+        depth: Arc::new(AtomicUsize::new(0)),
+    };
     let mut threads = Vec::new();
+    {
+        let writer_sock = sockets.server.try_clone()?;
+        let (store, stats, shutdown) = (app.store.clone(), stats.clone(), shutdown.clone());
+        let depth = queue.depth.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("dhcp-writer".into())
+                .spawn(move || writer(rx, depth, &*store, &writer_sock, &stats, &shutdown))?,
+        );
+    }
     if let Some(proxy) = sockets.proxy {
         let (app, stats, shutdown) = (app.clone(), stats.clone(), shutdown.clone());
+        let queue = queue.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("dhcp-proxy".into())
@@ -137,6 +160,7 @@ pub fn spawn(
                         app,
                         LeaseTable::default(),
                         boot,
+                        queue,
                         stats,
                         shutdown,
                     )
@@ -148,7 +172,18 @@ pub fn spawn(
         threads.push(
             std::thread::Builder::new()
                 .name("dhcp".into())
-                .spawn(move || receiver(server, Port::Server, app, table, boot, stats, shutdown))?,
+                .spawn(move || {
+                    receiver(
+                        server,
+                        Port::Server,
+                        app,
+                        table,
+                        boot,
+                        queue,
+                        stats,
+                        shutdown,
+                    )
+                })?,
         );
     }
     Ok(Handle { stats, threads })
@@ -157,7 +192,8 @@ pub fn spawn(
 /// An encoded reply and where it goes.
 type Outgoing = (Vec<u8>, SocketAddr);
 
-/// Store writes of one batch of datagrams and the replies that wait for them.
+/// Store writes of one receive batch and the replies that wait for them: one message to the
+/// writer per batch.
 #[derive(Default)]
 struct Pending {
     ops: Vec<Op>,
@@ -165,27 +201,33 @@ struct Pending {
     jobs: Vec<(usize, usize, Option<Outgoing>)>,
 }
 
+/// The way to the writer, with the number of requests waiting in it.
+#[derive(Clone)]
+struct Queue {
+    tx: Sender<Pending>,
+    depth: Arc<AtomicUsize>,
+}
+
 /// One thread per socket: receives a batch of datagrams (whatever queued up, up to
-/// `mmsg::N`), decides each, sends the replies that need no disk write, makes the batch's
-/// lease changes durable in one store call (one fdatasync: the group commit) and then sends
-/// the ACKs whose writes committed. No thread hand-off: while the disk syncs, new requests
-/// queue in the socket and form the next batch.
+/// `mmsg::N`), decides each, sends the replies that need no disk write at once, and hands
+/// the batch's store writes with the ACKs that wait for them to the writer. It never waits
+/// for the disk, so OFFERs keep flowing while the writer syncs.
+#[allow(clippy::too_many_arguments)]
 fn receiver(
     sock: UdpSocket,
     port: Port,
     app: Arc<App>,
     mut table: LeaseTable,
     boot: BootFiles,
+    queue: Queue,
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
     let fd = sock.as_raw_fd();
     let mut batch = RecvBatch::new();
-    let mut now_out = SendBatch::default();
-    let mut acks_out = SendBatch::default();
-    let mut pending = Pending::default();
+    let mut out = SendBatch::default();
     // Receive-queue memory above which new DISCOVERs are shed (see `overloaded`): half the
-    // buffer, at most SHED_QUEUE (a few ms of requests at full speed).
+    // buffer, at most SHED_QUEUE.
     let shed_above = socket2::SockRef::from(&sock)
         .recv_buffer_size()
         .map_or(SHED_QUEUE, |b| (b / 2).min(SHED_QUEUE));
@@ -201,115 +243,152 @@ fn receiver(
             names_dirty = false;
             names_published = Instant::now();
         }
-        // Drain what is queued (up to DRAIN_ROUNDS batches) before committing: under load
-        // that makes one fdatasync cover many ACKs; OFFERs go out after each batch.
-        for round in 0..DRAIN_ROUNDS {
-            let n = match batch.recv(fd, round == 0) {
-                Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "DHCP receive failed");
-                    std::thread::sleep(TICK);
-                    break;
-                }
-            };
-            // Overload: a full batch with a long queue still behind it. New DISCOVERs are
-            // dropped first so the exchanges under way (their REQUESTs) complete and the
-            // completed rate holds instead of collapsing.
-            let overloaded =
-                n == mmsg::N && mmsg::queued_bytes(fd).is_some_and(|q| q as usize > shed_above);
-            let plan = app.plan();
-            if app.generation() != generation {
-                generation = app.generation();
-                table.set_pool(plan.network.pool);
+        let n = match batch.recv(fd, true) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
             }
-            let now_ms = now_millis();
-            let ctx = Ctx {
-                plan: &plan,
-                boot,
-                now: now_ms / 1000,
-                now_millis: now_ms,
-            };
-            for i in 0..n {
-                let (bytes, cut, src) = batch.get(i);
-                Stats::bump(&stats.received);
-                if cut {
+            Err(e) => {
+                tracing::warn!(error = %e, "DHCP receive failed");
+                std::thread::sleep(TICK);
+                continue;
+            }
+        };
+        // Overload: a long queue of requests behind this batch, in the socket (CPU-bound) or
+        // at the writer (disk-bound). New DISCOVERs are dropped first so the exchanges under
+        // way (their REQUESTs) complete and the completed rate holds instead of collapsing.
+        let waiting = queue.depth.load(Ordering::Relaxed);
+        let overloaded = waiting > WRITE_SHED
+            || (n == mmsg::N && mmsg::queued_bytes(fd).is_some_and(|q| q as usize > shed_above));
+        let plan = app.plan();
+        if app.generation() != generation {
+            generation = app.generation();
+            table.set_pool(plan.network.pool);
+        }
+        let now_ms = now_millis();
+        let ctx = Ctx {
+            plan: &plan,
+            boot,
+            now: now_ms / 1000,
+            now_millis: now_ms,
+        };
+        let mut pending = Pending::default();
+        for i in 0..n {
+            let (bytes, cut, src) = batch.get(i);
+            Stats::bump(&stats.received);
+            if cut {
+                Stats::bump(&stats.malformed);
+                tracing::debug!(%src, "dropped oversized DHCP datagram");
+                continue;
+            }
+            if overloaded && peek_kind(bytes) == Some(DISCOVER) {
+                Stats::bump(&stats.dropped_overload);
+                continue;
+            }
+            let req = match packet::parse(bytes) {
+                Ok(r) => r,
+                Err(e) => {
                     Stats::bump(&stats.malformed);
-                    tracing::debug!(%src, "dropped oversized DHCP datagram");
+                    tracing::debug!(%src, error = %e, "dropped DHCP packet");
                     continue;
                 }
-                if overloaded && peek_kind(bytes) == Some(DISCOVER) {
+            };
+            let decided = engine::handle(&ctx, &mut table, &req, port);
+            if let Some(why) = decided.silence {
+                Stats::bump(&stats.ignored);
+                tracing::debug!(mac = %req.mac, kind = ?req.kind, ?why, "no DHCP reply");
+            }
+            names_dirty |= decided.ops.iter().any(|op| {
+                matches!(op, Op::PutLease(l) if l.hostname.is_some())
+                    || matches!(op, Op::DeleteLease(_))
+            });
+            let reply = decided.reply.map(|(reply, dest)| {
+                match reply.kind {
+                    dhcproto::v4::MessageType::Offer => Stats::bump(&stats.offers),
+                    dhcproto::v4::MessageType::Ack => Stats::bump(&stats.acks),
+                    dhcproto::v4::MessageType::Nak => Stats::bump(&stats.naks),
+                    _ => {}
+                }
+                tracing::debug!(mac = %req.mac, kind = ?reply.kind, yiaddr = %reply.yiaddr, ?dest, "DHCP reply");
+                let mut bytes = out.buffer();
+                packet::encode_into(&req, &reply, &mut bytes);
+                (bytes, address(dest, src))
+            });
+            let (reply_now, reply_later) = match reply {
+                Some(r) if !decided.commit_first || decided.ops.is_empty() => (Some(r), None),
+                r => (None, r),
+            };
+            if let Some((bytes, to)) = reply_now {
+                out.push(bytes, to);
+            }
+            if !decided.ops.is_empty() {
+                if waiting > WRITE_MAX {
+                    // The disk is hopelessly behind: the client retries.
                     Stats::bump(&stats.dropped_overload);
                     continue;
                 }
-                let req = match packet::parse(bytes) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        Stats::bump(&stats.malformed);
-                        tracing::debug!(%src, error = %e, "dropped DHCP packet");
-                        continue;
-                    }
-                };
-                let out = engine::handle(&ctx, &mut table, &req, port);
-                if let Some(why) = out.silence {
-                    Stats::bump(&stats.ignored);
-                    tracing::debug!(mac = %req.mac, kind = ?req.kind, ?why, "no DHCP reply");
-                }
-                names_dirty |= out.ops.iter().any(|op| {
-                    matches!(op, Op::PutLease(l) if l.hostname.is_some())
-                        || matches!(op, Op::DeleteLease(_))
-                });
-                let reply = out.reply.map(|(reply, dest)| {
-                    match reply.kind {
-                        dhcproto::v4::MessageType::Offer => Stats::bump(&stats.offers),
-                        dhcproto::v4::MessageType::Ack => Stats::bump(&stats.acks),
-                        dhcproto::v4::MessageType::Nak => Stats::bump(&stats.naks),
-                        _ => {}
-                    }
-                    tracing::debug!(mac = %req.mac, kind = ?reply.kind, yiaddr = %reply.yiaddr, ?dest, "DHCP reply");
-                    let mut bytes = now_out.buffer();
-                    packet::encode_into(&req, &reply, &mut bytes);
-                    (bytes, address(dest, src))
-                });
-                let (reply_now, reply_later) = match reply {
-                    Some(r) if !out.commit_first || out.ops.is_empty() => (Some(r), None),
-                    r => (None, r),
-                };
-                if let Some((bytes, to)) = reply_now {
-                    now_out.push(bytes, to);
-                }
-                if !out.ops.is_empty() {
-                    let start = pending.ops.len();
-                    pending.ops.extend(out.ops);
-                    pending.jobs.push((start, pending.ops.len(), reply_later));
-                }
-            }
-            drop(plan);
-            now_out.flush(fd);
-            if n < mmsg::N {
-                break;
+                let start = pending.ops.len();
+                pending.ops.extend(decided.ops);
+                pending.jobs.push((start, pending.ops.len(), reply_later));
             }
         }
-        if !pending.ops.is_empty() {
-            commit(&*app.store, &mut pending, &mut acks_out, &stats);
-            acks_out.flush(fd);
-            acks_out.give_spares(&mut now_out);
+        drop(plan);
+        out.flush(fd);
+        if !pending.jobs.is_empty() {
+            queue.depth.fetch_add(pending.jobs.len(), Ordering::Relaxed);
+            // A send error means the writer is gone (shutdown).
+            let _ = queue.tx.send(pending);
         }
     }
 }
 
-/// Makes a batch's writes durable in one store call and queues the replies whose writes all
-/// committed. A failed write withholds its reply: the client retries and gets a fresh
-/// decision.
+/// Takes every batch queued, makes their writes durable in one store call (one fdatasync:
+/// the group commit) and sends the replies whose writes all committed. A failed write
+/// withholds its reply: the client retries and gets a fresh decision.
+fn writer(
+    rx: Receiver<Pending>,
+    depth: Arc<AtomicUsize>,
+    store: &dyn Store,
+    sock: &UdpSocket,
+    stats: &Stats,
+    shutdown: &Shutdown,
+) {
+    let fd = sock.as_raw_fd();
+    let mut out = SendBatch::default();
+    let mut all = Pending::default();
+    loop {
+        let first = match rx.recv_timeout(TICK) {
+            Ok(p) => p,
+            Err(RecvTimeoutError::Timeout) if shutdown.is_requested() => return,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut next = Some(first);
+        while let Some(p) = next {
+            let base = all.ops.len();
+            all.ops.extend(p.ops);
+            all.jobs
+                .extend(p.jobs.into_iter().map(|(s, e, r)| (base + s, base + e, r)));
+            next = if all.jobs.len() < MAX_COMMIT {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        depth.fetch_sub(all.jobs.len(), Ordering::Relaxed);
+        commit(store, &mut all, &mut out, stats);
+        out.flush(fd);
+    }
+}
+
+/// Applies `pending` in one store call and queues the replies whose writes all committed.
 fn commit(store: &dyn Store, pending: &mut Pending, out: &mut SendBatch, stats: &Stats) {
     match store.apply(&pending.ops) {
         Ok(results) => {
