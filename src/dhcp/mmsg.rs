@@ -175,9 +175,16 @@ impl SendBatch {
 
 /// Bytes queued in the socket's receive buffer (`SO_MEMINFO`), or `None` if the kernel does
 /// not say.
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64"
+))]
 pub fn queued_bytes(fd: RawFd) -> Option<u32> {
-    // SO_MEMINFO (asm-generic/socket.h, the same on x86_64 and aarch64); the libc crate does
-    // not define it. The answer is an array of counters, receive-queue memory first.
+    // SO_MEMINFO as asm-generic/socket.h defines it for these architectures; the libc crate
+    // does not define it. The answer is an array of counters, receive-queue memory first.
     const SO_MEMINFO: libc::c_int = 55;
     let mut info = [0u32; 9];
     let mut len = size_of::<[u32; 9]>() as libc::socklen_t;
@@ -192,4 +199,17 @@ pub fn queued_bytes(fd: RawFd) -> Option<u32> {
         )
     };
     (rc == 0 && len >= 4).then_some(info[0])
+}
+
+/// Elsewhere the option number differs and is not wired up: no socket-based shedding (the
+/// write-queue depth still triggers it).
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64"
+)))]
+pub fn queued_bytes(_fd: RawFd) -> Option<u32> {
+    None
 }
