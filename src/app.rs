@@ -10,7 +10,8 @@ use arc_swap::ArcSwap;
 
 use crate::desc::{self, Diagnostics};
 use crate::plan::Plan;
-use crate::store::Store;
+use crate::status::NodeState;
+use crate::store::{Op, Store, StoreError};
 
 pub struct App {
     pub config_path: PathBuf,
@@ -114,5 +115,44 @@ impl App {
             nodes,
             needs_restart,
         })
+    }
+    /// Records that the machine at `ip` reached `state` (forward only: a late TFTP retry or a
+    /// re-fetched kernel never moves an installed node back), with an event of kind
+    /// `node.<state>`. The machine is found by its planned address, else by its lease.
+    /// Returns the MAC, or `None` for an address that is no known machine. Blocking: call it
+    /// from a server thread or `spawn_blocking`.
+    pub fn node_seen(
+        &self,
+        ip: Ipv4Addr,
+        state: NodeState,
+        detail: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let plan = self.plan();
+        let (mac, hostname) = match plan.node_by_ip(ip) {
+            Some(n) => (n.mac.to_string(), Some(n.hostname.clone())),
+            None => match self.store.lease_by_ip(ip)? {
+                Some(lease) => (lease.mac, lease.hostname),
+                None => return Ok(None),
+            },
+        };
+        let ops = [
+            Op::Transition {
+                mac: mac.clone(),
+                hostname,
+                state,
+                detail: Some(detail.to_string()),
+                at_millis: crate::store::now_millis(),
+                forward_only: true,
+            },
+            Op::Event {
+                kind: format!("node.{state}"),
+                mac: Some(mac.clone()),
+                message: detail.to_string(),
+            },
+        ];
+        for result in self.store.apply(&ops)? {
+            result?;
+        }
+        Ok(Some(mac))
     }
 }

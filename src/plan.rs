@@ -134,16 +134,23 @@ fn fqdn(name: &str, domain: &str) -> String {
     }
 }
 
-/// Asset paths under `/assets/` for the profile's PXE kernel and initrd.
-fn boot_assets(profile: OsProfile, version: &str) -> (String, String) {
+/// URL paths of the profile's PXE kernel and initrd. `/assets/` serves the images directory,
+/// laid out as images/README.md describes (`os/<profile>/...`); amd64 only for now.
+fn boot_assets(profile: OsProfile, channel: Option<&str>, version: &str) -> (String, String) {
     match profile {
-        OsProfile::Flatcar => (
-            format!("assets/flatcar/{version}/flatcar_production_pxe.vmlinuz"),
-            format!("assets/flatcar/{version}/flatcar_production_pxe_image.cpio.gz"),
-        ),
+        OsProfile::Flatcar => {
+            let dir = format!(
+                "assets/os/flatcar/{}/{version}/amd64",
+                channel.unwrap_or("stable")
+            );
+            (
+                format!("{dir}/flatcar_production_pxe.vmlinuz"),
+                format!("{dir}/flatcar_production_pxe_image.cpio.gz"),
+            )
+        }
         OsProfile::Ubuntu => (
-            format!("assets/ubuntu/{version}/vmlinuz"),
-            format!("assets/ubuntu/{version}/initrd"),
+            format!("assets/os/ubuntu/{version}/amd64/vmlinuz"),
+            format!("assets/os/ubuntu/{version}/amd64/initrd"),
         ),
     }
 }
@@ -154,7 +161,11 @@ impl Plan {
         let domain = d.cluster.domain.trim_end_matches('.').to_string();
         let b = &d.bootstrapper;
         let http_base = format!("http://{}:{}", *b.address, *b.ports.http);
-        let (kernel, initrd) = boot_assets(*d.os.profile, &d.os.version);
+        let (kernel, initrd) = boot_assets(
+            *d.os.profile,
+            d.os.channel.as_ref().map(|c| c.value.as_str()),
+            &d.os.version,
+        );
         let first_cp = d.nodes.iter().position(|n| *n.role == Role::ControlPlane);
         let nodes: Vec<NodePlan> = d
             .nodes

@@ -117,7 +117,8 @@ pub enum Op {
         detail: Option<String>,
         at_millis: u64,
         /// Skip the write when the node is already at or past `state` (e.g. a DHCP renewal
-        /// of an installed node must not move it back to `discovered`).
+        /// of an installed node must not move it back to `discovered`). A node in `failed`
+        /// is never "past" anything: its next boot attempt is recorded.
         forward_only: bool,
     },
     Event {

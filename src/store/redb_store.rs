@@ -805,7 +805,8 @@ impl RedbStore {
                     } else {
                         None
                     };
-                    if current.is_some_and(|c| c >= *state) {
+                    // A failed node that boots again moves forward from scratch.
+                    if current.is_some_and(|c| c != NodeState::Failed && c >= *state) {
                         Ok(())
                     } else {
                         record_transition_in(
