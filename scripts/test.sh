@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use (real clients and peers). Extend as suites grow.
-PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client busybox kea-admin)
+PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client busybox-static kea-admin
+  qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf radvd cpio)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -21,7 +22,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # qemu-system-x86 needs the distribution's qemu-utils; an image may carry a newer one from
+  # backports (netboot-facts.md): pin qemu-utils to qemu-system-x86's version.
+  extra=()
+  if [[ " ${missing[*]} " == *" qemu-system-x86 "* ]]; then
+    qv=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+    missing=("${missing[@]/#qemu-utils/}")
+    extra=(--allow-downgrades "qemu-utils=$qv")
+  fi
+  apt-get install -y -qq --no-install-recommends "${extra[@]}" ${missing[@]} >/dev/null
 fi
 
 for c in rustfmt clippy; do

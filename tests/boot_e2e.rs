@@ -1,29 +1,420 @@
-//! End-to-end boots through Slipway with real firmware under QEMU (TCG).
+//! End to end: real firmware under QEMU (TCG) network-boots through Slipway on a private LAN.
+//! SeaBIOS with QEMU's iPXE ROM, OVMF's own PXE client (TFTP `snponly.efi`, then iPXE) and
+//! OVMF UEFI HTTP boot each get their address from Slipway's DHCP, the node's iPXE script,
+//! Debian's kernel and a busybox initramfs (served as the Flatcar PXE assets) over HTTP. The
+//! initramfs plays the installer: it checks its address and Slipway's DNS, fetches its config
+//! with the one-time token and reports `installing` then `installed`. Each test then checks
+//! Slipway's own record of the node: its state and its timeline.
+//!
+//! The machines run one scenario at a time (a lock): TCG is CPU-heavy. Serial logs and
+//! Slipway's log are printed when a test fails; the run directory under
+//! `target/tmp/e2e-runs/` is kept then.
 
 mod common;
 #[path = "common/vm.rs"]
 mod vm;
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use common::*;
 use vm::*;
 
-#[test]
-fn dev_direct_boot() {
-    if !netns_available() || !vm_tools_available() {
-        return;
+/// One scenario at a time: each VM needs most of a core under TCG.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// How long one machine may take from power-on to power-off (TCG on a shared 2-core box).
+const VM_TIMEOUT: Duration = Duration::from_secs(240);
+
+const KERNEL_ARGS: [&str; 3] = ["console=ttyS0,115200", "loglevel=4", "panic=5"];
+const ASSETS: &str = "os/flatcar/stable/4081.2.0/amd64";
+const BASE: &str = "http://10.20.0.2:8080";
+
+/// The lifecycle every fresh install must show, in this order.
+const INSTALL_TIMELINE: [&str; 6] = [
+    "discovered",
+    "pxe",
+    "booting",
+    "config-fetched",
+    "installing",
+    "installed",
+];
+
+/// Where a scenario keeps its files; removed after success, kept (and named) after a failure.
+struct RunDir(PathBuf);
+
+impl RunDir {
+    fn new(tag: &str) -> RunDir {
+        let p = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("e2e-runs")
+            .join(format!("{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        RunDir(p)
     }
-    let _ = guest();
-    let lan = Lan::new("e2e");
-    let srv = lan.host("srv", Some("10.20.0.2/24"), None);
-    let desc = TestDesc::default();
-    let slipway = Slipway::start(&srv, &desc.yaml(), &[]);
-    let dir = std::path::Path::new("/tmp/e2e-scratch");
-    radvd(&srv, dir);
-    let append = "console=ttyS0,115200 panic=5 slipway.config=http://10.20.0.2:8080/config/52-54-00-00-00-11?token=abc slipway.report=http://10.20.0.2:8080/report/52-54-00-00-00-11 slipway.token=abc slipway.bootstrapper=slipway.lab.test";
-    let mut v = Vm::start(&lan, dir, "direct", "52:54:00:00:00:11", &Firmware::Direct { append: append.into() }, None);
-    v.wait_exit(Duration::from_secs(120));
-    eprintln!("{:?}\n{}", v.exited, v.marks().join("\n"));
-    drop(slipway);
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("e2e: serial logs and state kept in {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A LAN with Slipway (DHCP, DNS, TFTP, HTTP) at 10.20.0.2, radvd beside it, the guest's
+/// kernel and initramfs in Slipway's images directory as the Flatcar PXE assets.
+struct Bed {
+    slipway: Slipway,
+    nodes: Vec<TestNode>,
+    dir: RunDir,
+    srv: Host,
+    lan: Lan,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = self.slipway.drain_logs();
+            eprintln!("===== Slipway log, last {} lines =====", logs.len().min(80));
+            for l in logs.iter().rev().take(80).rev() {
+                eprintln!("{l}");
+            }
+            eprintln!("===== end of Slipway log =====");
+        }
+    }
+}
+
+fn mac(i: usize) -> String {
+    format!("52:54:00:e2:e0:{:02x}", i)
+}
+
+/// The description: `n` nodes (the first a control-plane node), kernel arguments for the
+/// serial console.
+fn description(nodes: &[TestNode]) -> String {
+    let desc = TestDesc {
+        nodes: nodes.to_vec(),
+        ..TestDesc::default()
+    };
+    let yaml = desc.yaml();
+    let version = "  version: \"4081.2.0\"\n";
+    assert!(yaml.contains(version), "TestDesc's os section changed");
+    let args = KERNEL_ARGS
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    yaml.replacen(version, &format!("{version}  kernel_args: [{args}]\n"), 1)
+}
+
+impl Bed {
+    /// `None` when the test cannot run here (and is not in CI).
+    fn new(tag: &str, n: usize) -> Option<Bed> {
+        if !netns_available() || !vm_tools_available() {
+            return None;
+        }
+        let guest = guest();
+        let dir = RunDir::new(tag);
+        let nodes: Vec<TestNode> = (1..=n)
+            .map(|i| {
+                TestNode::new(
+                    &mac(i),
+                    &format!("node-{i}"),
+                    &format!("10.20.0.{}", 10 + i),
+                    i == 1,
+                )
+            })
+            .collect();
+        let lan = Lan::new(tag);
+        let srv = lan.host("srv", Some("10.20.0.2/24"), None);
+        radvd(&srv, &dir.0);
+        let state = tempfile::tempdir().unwrap();
+        let assets = state.path().join("images").join(ASSETS);
+        std::fs::create_dir_all(&assets).unwrap();
+        std::fs::copy(&guest.kernel, assets.join("flatcar_production_pxe.vmlinuz")).unwrap();
+        std::fs::copy(
+            &guest.initrd,
+            assets.join("flatcar_production_pxe_image.cpio.gz"),
+        )
+        .unwrap();
+        let slipway = Slipway::start_in(&srv, state, &description(&nodes), &[]);
+        Some(Bed {
+            slipway,
+            nodes,
+            dir,
+            srv,
+            lan,
+        })
+    }
+
+    fn vm(&self, node: usize, firmware: &Firmware, disk: bool, boot: usize) -> Vm {
+        let n = &self.nodes[node];
+        let disk = disk.then(|| guest().disk.as_path());
+        Vm::start(
+            &self.lan,
+            &self.dir.0,
+            &format!("{}-boot{boot}", n.hostname),
+            &n.mac,
+            firmware,
+            disk,
+        )
+    }
+
+    /// `GET /api/v1/nodes` from inside the LAN.
+    fn api_nodes(&self) -> serde_json::Value {
+        let out = self.srv.run(
+            self.srv
+                .command("curl")
+                .args(["-sS", "--fail-with-body", "-m", "10"])
+                .arg(format!("{BASE}/api/v1/nodes")),
+        );
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("/api/v1/nodes is not JSON ({e}): {out}"))
+    }
+
+    /// The node's record as the API shows it.
+    fn record(&self, node: usize) -> serde_json::Value {
+        let mac = self.nodes[node].mac.to_uppercase();
+        let all = self.api_nodes();
+        let list = all
+            .as_array()
+            .or_else(|| all["nodes"].as_array())
+            .unwrap_or_else(|| panic!("unexpected /api/v1/nodes shape: {all}"));
+        list.iter()
+            .find(|r| r["mac"].as_str().map(str::to_uppercase).as_deref() == Some(&mac))
+            .unwrap_or_else(|| panic!("no record for {mac} in {all}"))
+            .clone()
+    }
+
+    /// States of the node's timeline, oldest first.
+    fn timeline(&self, node: usize) -> Vec<String> {
+        let r = self.record(node);
+        r["history"]
+            .as_array()
+            .unwrap_or_else(|| panic!("record without history: {r}"))
+            .iter()
+            .map(|t| t["state"].as_str().unwrap_or("?").to_string())
+            .collect()
+    }
+}
+
+/// Asserts that `timeline` holds `expected` as a subsequence (in order) starting at or after
+/// `from`, and returns the index after the last match.
+fn assert_in_order(timeline: &[String], expected: &[&str], from: usize) -> usize {
+    let mut i = from;
+    for want in expected {
+        match timeline[i..].iter().position(|s| s == want) {
+            Some(p) => i += p + 1,
+            None => panic!(
+                "timeline {timeline:?} lacks `{want}` after position {i} (expected {expected:?} in order from {from})"
+            ),
+        }
+    }
+    i
+}
+
+/// Waits for the machine to power off and checks the installer's own account: its reserved
+/// address, DNS answer, config and both reports.
+fn assert_guest_installed(vm: &mut Vm, node: &TestNode) -> Duration {
+    let status: ExitStatus = vm.wait_exit(VM_TIMEOUT);
+    let took = vm.exited.unwrap().1;
+    let marks = vm.marks();
+    let fail = marks.iter().find(|m| m.contains(" FAIL "));
+    assert!(fail.is_none(), "the guest failed: {}", fail.unwrap());
+    assert!(status.success(), "QEMU exited with {status}");
+    let ip = marks
+        .iter()
+        .find_map(|m| m.split("ip=").nth(1))
+        .map(|s| s.split_whitespace().next().unwrap_or(""))
+        .unwrap_or_else(|| panic!("the guest printed no address: {marks:?}"));
+    assert_eq!(ip, node.ip, "the guest's address is not its reservation");
+    assert!(
+        marks
+            .iter()
+            .any(|m| m.contains(&format!("hostname={} ", node.hostname))),
+        "DHCP did not give the hostname {}: {marks:?}",
+        node.hostname
+    );
+    assert!(
+        marks
+            .iter()
+            .any(|m| m.ends_with("resolved slipway.lab.test=10.20.0.2 via 10.20.0.2")),
+        "the bootstrapper name did not resolve through Slipway's DNS: {marks:?}"
+    );
+    for step in ["config fetched", "reported installing", "INSTALLED"] {
+        assert!(
+            marks.iter().any(|m| m.contains(step)),
+            "the guest never got to `{step}`: {marks:?}"
+        );
+    }
+    took
+}
+
+/// The whole first install of `node` with `firmware`: power on, wait, check guest and record.
+fn install(bed: &Bed, node: usize, firmware: &Firmware, disk: bool, boot: usize) -> Vm {
+    let mut vm = bed.vm(node, firmware, disk, boot);
+    let took = assert_guest_installed(&mut vm, &bed.nodes[node]);
+    eprintln!(
+        "e2e: {} ({firmware:?}) installed in {:.1}s",
+        bed.nodes[node].hostname,
+        took.as_secs_f64()
+    );
+    vm
+}
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+fn bios_ipxe_rom_installs_over_http() {
+    let _one = lock();
+    let Some(bed) = Bed::new("bios", 1) else {
+        return;
+    };
+    let vm = install(&bed, 0, &Firmware::Bios, false, 1);
+    let serial = vm.serial_log();
+    assert!(
+        serial.contains("iPXE"),
+        "the iPXE ROM did not run: no banner on the serial console"
+    );
+    let record = bed.record(0);
+    assert_eq!(record["state"], "installed", "record: {record}");
+    assert_in_order(&bed.timeline(0), &INSTALL_TIMELINE, 0);
+}
+
+#[test]
+fn uefi_pxe_chains_tftp_snponly_then_installs_over_http() {
+    let _one = lock();
+    let Some(bed) = Bed::new("uefipxe", 1) else {
+        return;
+    };
+    let vm = install(&bed, 0, &Firmware::UefiPxe, false, 1);
+    let serial = vm.serial_log();
+    assert!(
+        serial.contains("Start PXE over IPv4"),
+        "OVMF did not PXE-boot over IPv4"
+    );
+    assert!(
+        serial.contains("iPXE"),
+        "snponly.efi (iPXE) never ran: no banner on the serial console"
+    );
+    let record = bed.record(0);
+    assert_eq!(record["state"], "installed", "record: {record}");
+    assert_in_order(&bed.timeline(0), &INSTALL_TIMELINE, 0);
+}
+
+#[test]
+fn uefi_http_boot_fetches_snponly_then_installs() {
+    let _one = lock();
+    let Some(bed) = Bed::new("uefihttp", 1) else {
+        return;
+    };
+    let vm = install(&bed, 0, &Firmware::UefiHttp, false, 1);
+    let serial = vm.serial_log();
+    assert!(
+        serial.contains("Start HTTP Boot over IPv4"),
+        "OVMF did not use UEFI HTTP boot"
+    );
+    assert!(
+        !serial.contains("Start PXE over IPv4"),
+        "OVMF fell back to PXE"
+    );
+    assert!(
+        serial.contains("iPXE"),
+        "snponly.efi (iPXE) never ran: no banner on the serial console"
+    );
+    let record = bed.record(0);
+    assert_eq!(record["state"], "installed", "record: {record}");
+    assert_in_order(&bed.timeline(0), &INSTALL_TIMELINE, 0);
+}
+
+#[test]
+fn four_machines_install_at_once() {
+    let _one = lock();
+    let Some(bed) = Bed::new("four", 4) else {
+        return;
+    };
+    let t = Instant::now();
+    let mut vms: Vec<Vm> = (0..4)
+        .map(|i| bed.vm(i, &Firmware::Bios, false, 1))
+        .collect();
+    for (i, vm) in vms.iter_mut().enumerate() {
+        assert_guest_installed(vm, &bed.nodes[i]);
+    }
+    eprintln!(
+        "e2e: four machines installed in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    for i in 0..4 {
+        let record = bed.record(i);
+        assert_eq!(record["state"], "installed", "record: {record}");
+        assert_in_order(&bed.timeline(i), &INSTALL_TIMELINE, 0);
+    }
+}
+
+#[test]
+fn installed_node_boots_from_disk_until_reinstalled() {
+    let _one = lock();
+    let Some(bed) = Bed::new("disk", 1) else {
+        return;
+    };
+    let node = &bed.nodes[0];
+    drop(install(&bed, 0, &Firmware::Bios, true, 1));
+    let first = bed.timeline(0);
+    let after_first = assert_in_order(&first, &INSTALL_TIMELINE, 0);
+
+    // Next power-on: the script boots the local disk, whose boot sector prints its mark and
+    // exits QEMU with status 3 (isa-debug-exit).
+    let mut vm = bed.vm(0, &Firmware::Bios, true, 2);
+    let status = vm.wait_exit(VM_TIMEOUT);
+    let serial = vm.serial_log();
+    assert!(
+        serial.contains(DISK_BOOT_MARK),
+        "the installed node did not boot its disk"
+    );
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "QEMU did not exit from the disk's boot sector"
+    );
+    assert!(
+        !serial.contains("SLIPWAY-E2E init started"),
+        "the installer ran again on an installed node"
+    );
+    let record = bed.record(0);
+    assert_eq!(record["state"], "installed", "record: {record}");
+    let second = bed.timeline(0);
+    assert!(
+        !second[after_first..]
+            .iter()
+            .any(|s| s == "booting" || s == "config-fetched"),
+        "an installed node was booted into the installer again: {second:?}"
+    );
+    drop(vm);
+
+    // The operator asks for a reinstall: the next boot installs again.
+    let out = bed.srv.run(
+        bed.srv
+            .command(env!("CARGO_BIN_EXE_slipway"))
+            .args([
+                "node",
+                "reinstall",
+                &node.hostname,
+                "--server",
+                BASE,
+                "--state-dir",
+            ])
+            .arg(bed.slipway.dir.path().join("state")),
+    );
+    eprintln!("e2e: slipway node reinstall: {}", out.trim());
+    drop(install(&bed, 0, &Firmware::Bios, true, 3));
+    let record = bed.record(0);
+    assert_eq!(record["state"], "installed", "record: {record}");
+    let third = bed.timeline(0);
+    assert_in_order(&third, &INSTALL_TIMELINE[1..], second.len());
 }

@@ -52,7 +52,10 @@ pub fn vm_tools_available() -> bool {
         ("OVMF (package ovmf)", OVMF_CODE),
         ("OVMF variables (package ovmf)", OVMF_VARS),
         ("iPXE (package ipxe)", "/usr/lib/ipxe/snponly.efi"),
-        ("iPXE NIC ROMs (package ipxe-qemu)", "/usr/lib/ipxe/qemu/efi-virtio.rom"),
+        (
+            "iPXE NIC ROMs (package ipxe-qemu)",
+            "/usr/lib/ipxe/qemu/efi-virtio.rom",
+        ),
         ("busybox", "/bin/busybox"),
         ("radvd", "/usr/sbin/radvd"),
         ("cpio", "/usr/bin/cpio"),
@@ -119,13 +122,24 @@ fn kernel(dir: &Path) -> PathBuf {
         return mods;
     }
     // linux-image-amd64 is a metapackage; its dependency is the real kernel package.
-    let deps = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]));
-    let pkg = deps
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Depends: "))
-        .filter(|p| p.starts_with("linux-image-"))
-        .unwrap_or_else(|| panic!("no kernel package in `apt-cache depends`: {deps}"))
-        .to_string();
+    let kernel_pkg = || {
+        let out = Command::new("apt-cache")
+            .args(["depends", "linux-image-amd64"])
+            .output()
+            .expect("apt-cache runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Depends: "))
+            .filter(|p| p.starts_with("linux-image-"))
+            .map(str::to_string)
+    };
+    // A fresh image may have no package lists yet.
+    let pkg = kernel_pkg()
+        .or_else(|| {
+            run(Command::new("apt-get").args(["update", "-qq"]));
+            kernel_pkg()
+        })
+        .expect("apt-cache knows linux-image-amd64's kernel package");
     let work = dir.join(format!("work-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
@@ -156,7 +170,17 @@ fn kernel(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(staged.join("modules")).unwrap();
     let found = run(Command::new("find")
         .arg(".")
-        .args(["-type", "f", "(", "-name", "vmlinuz-*", "-o", "-name", "*.ko", ")"])
+        .args([
+            "-type",
+            "f",
+            "(",
+            "-name",
+            "vmlinuz-*",
+            "-o",
+            "-name",
+            "*.ko",
+            ")",
+        ])
         .current_dir(&work));
     for f in found.lines() {
         let src = work.join(f);
@@ -555,7 +579,10 @@ pub fn radvd(host: &crate::common::Host, dir: &Path) {
          AdvDefaultLifetime 0;\n  prefix fd00:20::/64 { AdvOnLink on; AdvAutonomous on; };\n};\n",
     )
     .unwrap();
-    host.run(host.command("sysctl").args(["-qw", "net.ipv6.conf.all.forwarding=1"]));
+    host.run(
+        host.command("sysctl")
+            .args(["-qw", "net.ipv6.conf.all.forwarding=1"]),
+    );
     host.spawn(
         host.command("/usr/sbin/radvd")
             .args(["-n", "-m", "stderr", "-C"])
