@@ -1,11 +1,13 @@
 //! Slipway: a bare-metal Kubernetes bootstrapper in one binary.
 
 pub mod app;
+pub mod boot;
 pub mod desc;
 pub mod dhcp;
 pub mod dns;
 pub mod http;
 pub mod plan;
+pub mod render;
 pub mod serve;
 pub mod status;
 pub mod store;

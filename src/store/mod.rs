@@ -17,6 +17,7 @@ mod journal;
 mod redb_store;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 use std::fmt::Display;
 use std::net::Ipv4Addr;
@@ -29,10 +30,11 @@ use serde::{Deserialize, Serialize};
 use crate::status::NodeState;
 
 pub use redb_store::{Options, RedbStore};
+pub use tokens::{BootToken, TokenCheck, TokenUse, check_token};
 
 /// Version of the on-disk layout written by this build. 2: leases in the journal, the redb
-/// `leases` table is its snapshot.
-pub const SCHEMA_VERSION: u32 = 2;
+/// `leases` table is its snapshot. 3: the `boot_tokens` table.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Name of the database file inside the state directory.
 pub const STATE_FILE: &str = "state.redb";
@@ -229,6 +231,23 @@ pub trait Store: Send + Sync {
     fn recent_events(&self, limit: usize) -> Result<Vec<Event>, StoreError>;
     /// Number of events currently retained.
     fn event_count(&self) -> Result<u64, StoreError>;
+
+    /// Makes `token` the node's only valid boot token (an earlier one stops working) and
+    /// records a `secret.issued` event, in one transaction.
+    fn issue_boot_token(&self, token: &BootToken) -> Result<Event, StoreError>;
+    fn boot_token(&self, mac: &str) -> Result<Option<BootToken>, StoreError>;
+    /// Checks a presented token (by hash) with [`check_token`] and, in the same transaction,
+    /// spends it when it unlocks the config, or records a `token.refused` event when it is
+    /// refused: two concurrent fetches with one token cannot both succeed.
+    fn use_boot_token(
+        &self,
+        mac: &str,
+        hash: &str,
+        usage: TokenUse,
+        now_millis: u64,
+    ) -> Result<TokenCheck, StoreError>;
+    /// Removes the node's token; returns whether one existed.
+    fn revoke_boot_token(&self, mac: &str) -> Result<bool, StoreError>;
 }
 
 /// Opens (creating if needed) the store in `state_dir` with default options. The directory is

@@ -34,6 +34,7 @@ use redb::{
 use serde::de::DeserializeOwned;
 
 use super::journal::{self, AppendError, Change, Journal};
+use super::tokens::{BootToken, TokenCheck, TokenUse, check_token};
 use super::{
     DEFAULT_MAX_EVENTS, Event, HISTORY_CAP, Lease, NodeRecord, Op, SCHEMA_VERSION, Store,
     StoreError, Transition, decode, encode, now_millis,
@@ -46,6 +47,7 @@ const LEASES: TableDefinition<&str, &str> = TableDefinition::new("leases");
 const LEASE_IPS_V1: TableDefinition<&str, &str> = TableDefinition::new("lease_ips");
 const NODES: TableDefinition<&str, &str> = TableDefinition::new("nodes");
 const EVENTS: TableDefinition<u64, &str> = TableDefinition::new("events");
+const BOOT_TOKENS: TableDefinition<&str, &str> = TableDefinition::new("boot_tokens");
 
 const KEY_SCHEMA_VERSION: &str = "schema_version";
 const KEY_LAST_EVENT_SEQ: &str = "last_event_seq";
@@ -530,6 +532,7 @@ fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
     txn.open_table(LEASES)?;
     txn.open_table(NODES)?;
     txn.open_table(EVENTS)?;
+    txn.open_table(BOOT_TOKENS)?;
     if let Some(from) = found {
         migrate(&txn, from)?;
         tracing::info!(from, to = SCHEMA_VERSION, path = %path.display(), "migrated state schema");
@@ -545,6 +548,7 @@ fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
 /// 1 -> 2: the `leases` table becomes the journal snapshot of generation 0 (no journal
 /// exists yet, so it is the whole lease set); the `lease_ips` index is dropped (it is kept in
 /// memory now). Older slipway builds refuse schema 2, so they cannot miss journaled leases.
+/// 2 -> 3: adds `boot_tokens` (created with the other tables above).
 fn migrate(txn: &WriteTransaction, from: u32) -> Result<(), StoreError> {
     debug_assert!(from < SCHEMA_VERSION);
     if from <= 1 {
@@ -778,6 +782,76 @@ impl Store for RedbStore {
     fn event_count(&self) -> Result<u64, StoreError> {
         let txn = self.inner.db.begin_read()?;
         Ok(txn.open_table(EVENTS)?.len()?)
+    }
+
+    fn issue_boot_token(&self, token: &BootToken) -> Result<Event, StoreError> {
+        let txn = self.inner.db.begin_write()?;
+        let value = encode(BOOT_TOKENS.name(), &token.mac, token)?;
+        txn.open_table(BOOT_TOKENS)?
+            .insert(token.mac.as_str(), value.as_str())?;
+        let event = append_event_in(
+            &txn,
+            self.inner.max_events,
+            "secret.issued",
+            Some(&token.mac),
+            "one-time boot token issued (install script)",
+        )?;
+        txn.commit()?;
+        Ok(event)
+    }
+
+    fn boot_token(&self, mac: &str) -> Result<Option<BootToken>, StoreError> {
+        self.inner.read_json(BOOT_TOKENS, mac)
+    }
+
+    fn use_boot_token(
+        &self,
+        mac: &str,
+        hash: &str,
+        usage: TokenUse,
+        now_millis: u64,
+    ) -> Result<TokenCheck, StoreError> {
+        let txn = self.inner.db.begin_write()?;
+        let stored: Option<BootToken> = {
+            let table = txn.open_table(BOOT_TOKENS)?;
+            let raw = table.get(mac)?;
+            raw.map(|g| decode(BOOT_TOKENS.name(), mac, g.value()))
+                .transpose()?
+        };
+        let check = check_token(stored.as_ref(), hash, usage, now_millis);
+        match (&check, usage) {
+            (TokenCheck::Valid(t), TokenUse::Config) => {
+                let spent = BootToken {
+                    config_fetched_at: Some(now_millis),
+                    ..t.clone()
+                };
+                let value = encode(BOOT_TOKENS.name(), mac, &spent)?;
+                txn.open_table(BOOT_TOKENS)?.insert(mac, value.as_str())?;
+            }
+            (TokenCheck::Valid(_), TokenUse::Report) => {}
+            (refused, usage) => {
+                let what = match usage {
+                    TokenUse::Config => "config fetch",
+                    TokenUse::Report => "report",
+                };
+                append_event_in(
+                    &txn,
+                    self.inner.max_events,
+                    "token.refused",
+                    Some(mac),
+                    &format!("{what} refused: {}", refused.reason()),
+                )?;
+            }
+        }
+        txn.commit()?;
+        Ok(check)
+    }
+
+    fn revoke_boot_token(&self, mac: &str) -> Result<bool, StoreError> {
+        let txn = self.inner.db.begin_write()?;
+        let existed = txn.open_table(BOOT_TOKENS)?.remove(mac)?.is_some();
+        txn.commit()?;
+        Ok(existed)
     }
 }
 

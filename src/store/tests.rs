@@ -749,3 +749,56 @@ fn schema_1_database_is_migrated_to_the_journal() {
         .collect();
     assert!(!names.contains(&"lease_ips".to_string()), "{names:?}");
 }
+
+#[test]
+fn boot_token_is_spent_once_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = "11".repeat(32);
+    let token = BootToken {
+        mac: MAC_A.into(),
+        hash: hash.clone(),
+        issued_at: 1,
+        expires_at: u64::MAX,
+        config_fetched_at: None,
+    };
+    {
+        let store = open(dir.path()).unwrap();
+        let ev = store.issue_boot_token(&token).unwrap();
+        assert_eq!(
+            (ev.kind.as_str(), ev.mac.as_deref()),
+            ("secret.issued", Some(MAC_A))
+        );
+    }
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.boot_token(MAC_A).unwrap(), Some(token.clone()));
+    let first = store
+        .use_boot_token(MAC_A, &hash, TokenUse::Config, 5)
+        .unwrap();
+    assert!(matches!(first, TokenCheck::Valid(_)));
+    let again = store
+        .use_boot_token(MAC_A, &hash, TokenUse::Config, 6)
+        .unwrap();
+    assert_eq!(again, TokenCheck::AlreadyUsed);
+    let last = store.recent_events(1).unwrap().pop().unwrap();
+    assert_eq!(last.kind, "token.refused");
+    assert!(last.message.contains("already used"), "{}", last.message);
+    assert!(matches!(
+        store
+            .use_boot_token(MAC_A, &hash, TokenUse::Report, 7)
+            .unwrap(),
+        TokenCheck::Valid(_)
+    ));
+    assert_eq!(
+        store
+            .use_boot_token(MAC_B, &hash, TokenUse::Report, 7)
+            .unwrap(),
+        TokenCheck::NoToken
+    );
+    assert!(store.revoke_boot_token(MAC_A).unwrap());
+    assert_eq!(
+        store
+            .use_boot_token(MAC_A, &hash, TokenUse::Report, 8)
+            .unwrap(),
+        TokenCheck::NoToken
+    );
+}
