@@ -164,30 +164,38 @@ impl Bed {
         )
     }
 
-    /// `GET /api/v1/nodes` from inside the LAN.
-    fn api_nodes(&self) -> serde_json::Value {
+    /// `GET {path}` from inside the LAN, as JSON.
+    fn api(&self, path: &str) -> serde_json::Value {
         let out = self.srv.run(
             self.srv
                 .command("curl")
                 .args(["-sS", "--fail-with-body", "-m", "10"])
-                .arg(format!("{BASE}/api/v1/nodes")),
+                .arg(format!("{BASE}{path}")),
         );
-        serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("/api/v1/nodes is not JSON ({e}): {out}"))
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {out}"))
     }
 
-    /// The node's record as the API shows it.
-    fn record(&self, node: usize) -> serde_json::Value {
-        let mac = self.nodes[node].mac.to_uppercase();
-        let all = self.api_nodes();
-        let list = all
-            .as_array()
-            .or_else(|| all["nodes"].as_array())
-            .unwrap_or_else(|| panic!("unexpected /api/v1/nodes shape: {all}"));
-        list.iter()
-            .find(|r| r["mac"].as_str().map(str::to_uppercase).as_deref() == Some(&mac))
-            .unwrap_or_else(|| panic!("no record for {mac} in {all}"))
+    /// The node as `GET /api/v1/nodes` lists it (its current state).
+    fn listed(&self, node: usize) -> serde_json::Value {
+        let name = &self.nodes[node].hostname;
+        let all = self.api("/api/v1/nodes");
+        all.as_array()
+            .unwrap_or_else(|| panic!("/api/v1/nodes is not a list: {all}"))
+            .iter()
+            .find(|r| r["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("{name} is not in /api/v1/nodes: {all}"))
             .clone()
+    }
+
+    /// The node with its timeline and events (`GET /api/v1/nodes/{name}`).
+    fn record(&self, node: usize) -> serde_json::Value {
+        let r = self.api(&format!("/api/v1/nodes/{}", self.nodes[node].hostname));
+        assert_eq!(
+            r["mac"].as_str().map(str::to_lowercase).as_deref(),
+            Some(self.nodes[node].mac.as_str()),
+            "record of another machine: {r}"
+        );
+        r
     }
 
     /// States of the node's timeline, oldest first.
@@ -199,6 +207,32 @@ impl Bed {
             .iter()
             .map(|t| t["state"].as_str().unwrap_or("?").to_string())
             .collect()
+    }
+
+    /// Kinds of the node's events, oldest first.
+    fn event_kinds(&self, node: usize) -> Vec<String> {
+        let r = self.record(node);
+        r["events"]
+            .as_array()
+            .map(|evs| {
+                evs.iter()
+                    .map(|e| e["kind"].as_str().unwrap_or("?").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Slipway's account of a first install: listed as installed, and the whole timeline.
+    fn assert_installed(&self, node: usize) {
+        let listed = self.listed(node);
+        assert_eq!(listed["state"], "installed", "listed as {listed}");
+        let timeline = self.timeline(node);
+        assert_in_order(&timeline, &INSTALL_TIMELINE, 0);
+        assert!(
+            !timeline.iter().any(|s| s == "failed"),
+            "the timeline has a failure: {}",
+            self.record(node)
+        );
     }
 }
 
@@ -282,9 +316,7 @@ fn bios_ipxe_rom_installs_over_http() {
         serial.contains("iPXE"),
         "the iPXE ROM did not run: no banner on the serial console"
     );
-    let record = bed.record(0);
-    assert_eq!(record["state"], "installed", "record: {record}");
-    assert_in_order(&bed.timeline(0), &INSTALL_TIMELINE, 0);
+    bed.assert_installed(0);
 }
 
 #[test]
@@ -303,9 +335,7 @@ fn uefi_pxe_chains_tftp_snponly_then_installs_over_http() {
         serial.contains("iPXE"),
         "snponly.efi (iPXE) never ran: no banner on the serial console"
     );
-    let record = bed.record(0);
-    assert_eq!(record["state"], "installed", "record: {record}");
-    assert_in_order(&bed.timeline(0), &INSTALL_TIMELINE, 0);
+    bed.assert_installed(0);
 }
 
 #[test]
@@ -328,9 +358,7 @@ fn uefi_http_boot_fetches_snponly_then_installs() {
         serial.contains("iPXE"),
         "snponly.efi (iPXE) never ran: no banner on the serial console"
     );
-    let record = bed.record(0);
-    assert_eq!(record["state"], "installed", "record: {record}");
-    assert_in_order(&bed.timeline(0), &INSTALL_TIMELINE, 0);
+    bed.assert_installed(0);
 }
 
 #[test]
@@ -351,9 +379,7 @@ fn four_machines_install_at_once() {
         t.elapsed().as_secs_f64()
     );
     for i in 0..4 {
-        let record = bed.record(i);
-        assert_eq!(record["state"], "installed", "record: {record}");
-        assert_in_order(&bed.timeline(i), &INSTALL_TIMELINE, 0);
+        bed.assert_installed(i);
     }
 }
 
@@ -364,15 +390,23 @@ fn installed_node_boots_from_disk_until_reinstalled() {
         return;
     };
     let node = &bed.nodes[0];
+    let t = Instant::now();
     drop(install(&bed, 0, &Firmware::Bios, true, 1));
+    bed.assert_installed(0);
     let first = bed.timeline(0);
-    let after_first = assert_in_order(&first, &INSTALL_TIMELINE, 0);
 
     // Next power-on: the script boots the local disk, whose boot sector prints its mark and
     // exits QEMU with status 3 (isa-debug-exit).
     let mut vm = bed.vm(0, &Firmware::Bios, true, 2);
     let status = vm.wait_exit(VM_TIMEOUT);
     let serial = vm.serial_log();
+    assert!(
+        serial.contains(&format!(
+            "Slipway: {} is installed; booting from the local disk",
+            node.hostname
+        )),
+        "the script did not say it boots the local disk"
+    );
     assert!(
         serial.contains(DISK_BOOT_MARK),
         "the installed node did not boot its disk"
@@ -386,18 +420,28 @@ fn installed_node_boots_from_disk_until_reinstalled() {
         !serial.contains("SLIPWAY-E2E init started"),
         "the installer ran again on an installed node"
     );
-    let record = bed.record(0);
-    assert_eq!(record["state"], "installed", "record: {record}");
+    eprintln!(
+        "e2e: {} booted from disk in {:.1}s",
+        node.hostname,
+        vm.exited.unwrap().1.as_secs_f64()
+    );
+    drop(vm);
+    assert_eq!(bed.listed(0)["state"], "installed");
     let second = bed.timeline(0);
     assert!(
-        !second[after_first..]
+        !second[first.len()..]
             .iter()
             .any(|s| s == "booting" || s == "config-fetched"),
         "an installed node was booted into the installer again: {second:?}"
     );
-    drop(vm);
+    let events = bed.event_kinds(0);
+    assert!(
+        events.iter().any(|k| k == "boot.local-disk"),
+        "no boot.local-disk event: {events:?}"
+    );
 
-    // The operator asks for a reinstall: the next boot installs again.
+    // The operator asks for a reinstall: the node goes back to planned, and its next boot
+    // installs again with the whole timeline.
     let out = bed.srv.run(
         bed.srv
             .command(env!("CARGO_BIN_EXE_slipway"))
@@ -412,9 +456,15 @@ fn installed_node_boots_from_disk_until_reinstalled() {
             .arg(bed.slipway.dir.path().join("state")),
     );
     eprintln!("e2e: slipway node reinstall: {}", out.trim());
+    assert_eq!(bed.listed(0)["state"], "planned");
+    let planned = bed.timeline(0).len();
     drop(install(&bed, 0, &Firmware::Bios, true, 3));
-    let record = bed.record(0);
-    assert_eq!(record["state"], "installed", "record: {record}");
+    assert_eq!(bed.listed(0)["state"], "installed");
     let third = bed.timeline(0);
-    assert_in_order(&third, &INSTALL_TIMELINE[1..], second.len());
+    assert_eq!(third[planned - 1], "planned", "timeline: {third:?}");
+    assert_in_order(&third, &INSTALL_TIMELINE, planned);
+    eprintln!(
+        "e2e: install, disk boot, reinstall took {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
 }
