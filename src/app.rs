@@ -10,17 +10,31 @@ use arc_swap::ArcSwap;
 
 use crate::desc::{self, Diagnostics};
 use crate::plan::Plan;
+use crate::render::{RenderError, Renderer};
 use crate::status::NodeState;
 use crate::store::{Op, Store, StoreError};
 
 pub struct App {
     pub config_path: PathBuf,
     pub store: Arc<dyn Store>,
+    /// Operator template overrides (`--templates`), re-read on reload.
+    pub templates_dir: Option<PathBuf>,
+    renderer: ArcSwap<Renderer>,
+    /// SHA-256 (hex) of the admin token that mutating API calls must present.
+    pub admin_token_hash: Option<String>,
+    pub loop_guard: crate::boot::LoopGuard,
     plan: ArcSwap<Plan>,
     generation: AtomicU64,
     /// Machines with dynamic leases (hostname, address), published by DHCP for DNS.
     dynamic_hosts: ArcSwap<Vec<(String, Ipv4Addr)>>,
     dynamic_version: AtomicU64,
+}
+
+/// Settings of the running process that do not come from the description.
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    pub templates_dir: Option<PathBuf>,
+    pub admin_token_hash: Option<String>,
 }
 
 /// What a successful reload changed, for the log and the event record.
@@ -33,15 +47,29 @@ pub struct Reloaded {
 }
 
 impl App {
-    pub fn new(config_path: PathBuf, plan: Plan, store: Arc<dyn Store>) -> Arc<App> {
-        Arc::new(App {
+    pub fn new(
+        config_path: PathBuf,
+        plan: Plan,
+        store: Arc<dyn Store>,
+        options: AppOptions,
+    ) -> Result<Arc<App>, RenderError> {
+        let renderer = Renderer::new(options.templates_dir.as_deref())?;
+        Ok(Arc::new(App {
             config_path,
             store,
+            templates_dir: options.templates_dir,
+            renderer: ArcSwap::from_pointee(renderer),
+            admin_token_hash: options.admin_token_hash,
+            loop_guard: Default::default(),
             plan: ArcSwap::from_pointee(plan),
             generation: AtomicU64::new(1),
             dynamic_hosts: ArcSwap::from_pointee(Vec::new()),
             dynamic_version: AtomicU64::new(0),
-        })
+        }))
+    }
+
+    pub fn renderer(&self) -> Arc<Renderer> {
+        self.renderer.load_full()
     }
 
     /// The plan in force now. Callers hold the `Arc` for the length of one request.
@@ -89,6 +117,14 @@ impl App {
                 return Err(diags);
             }
         };
+        if self.templates_dir.is_some() {
+            match Renderer::new(self.templates_dir.as_deref()) {
+                Ok(r) => self.renderer.store(Arc::new(r)),
+                Err(e) => {
+                    tracing::error!(error = %e, "templates not reloaded; the previous ones stay in force")
+                }
+            }
+        }
         let old = self.plan();
         let (ob, nb) = (&old.bootstrapper, &new.bootstrapper);
         let mut needs_restart = Vec::new();
@@ -135,24 +171,39 @@ impl App {
                 None => return Ok(None),
             },
         };
+        self.node_step(&mac, hostname, state, detail, true)?;
+        Ok(Some(mac))
+    }
+
+    /// Records a lifecycle step of the machine `mac` with an event `node.<state>`, in one
+    /// transaction. `forward_only` skips the transition (not the event) when the node is
+    /// already at or past `state`.
+    pub fn node_step(
+        &self,
+        mac: &str,
+        hostname: Option<String>,
+        state: NodeState,
+        detail: &str,
+        forward_only: bool,
+    ) -> Result<(), StoreError> {
         let ops = [
             Op::Transition {
-                mac: mac.clone(),
+                mac: mac.to_string(),
                 hostname,
                 state,
                 detail: Some(detail.to_string()),
                 at_millis: crate::store::now_millis(),
-                forward_only: true,
+                forward_only,
             },
             Op::Event {
                 kind: format!("node.{state}"),
-                mac: Some(mac.clone()),
+                mac: Some(mac.to_string()),
                 message: detail.to_string(),
             },
         ];
         for result in self.store.apply(&ops)? {
             result?;
         }
-        Ok(Some(mac))
+        Ok(())
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod boot;
+pub mod client;
 pub mod desc;
 pub mod dhcp;
 pub mod dns;

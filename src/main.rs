@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use slipway::desc;
 use slipway::plan::Plan;
+use slipway::{client, desc};
 
 #[derive(Parser)]
 #[command(
@@ -82,6 +82,67 @@ enum Command {
         /// Do not run this service here (repeatable): dhcp, dns.
         #[arg(long, value_enum)]
         disable: Vec<slipway::serve::Service>,
+        /// Directory of template overrides (same names as the built-in templates/).
+        #[arg(long, env = "SLIPWAY_TEMPLATES")]
+        templates: Option<PathBuf>,
+    },
+    /// Show every machine's lifecycle state, asked of the running `slipway serve`.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+        /// Show this node's timeline (name or MAC) instead of the table.
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Operator actions on one node.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
+}
+
+/// Where the running `slipway serve` is.
+#[derive(clap::Args)]
+struct Remote {
+    /// Slipway's HTTP base URL, e.g. http://10.0.0.2:8080 (default: from the description).
+    #[arg(long, env = "SLIPWAY_SERVER")]
+    server: Option<String>,
+    #[arg(
+        short,
+        long,
+        default_value = "cluster-desc.yaml",
+        env = "SLIPWAY_CONFIG"
+    )]
+    config: PathBuf,
+}
+
+impl Remote {
+    fn base(&self) -> Result<String, ExitCode> {
+        match &self.server {
+            Some(s) => Ok(s.trim_end_matches('/').to_string()),
+            None => {
+                load_or_report(&self.config).map(|d| Plan::from_desc(&d).bootstrapper.http_base)
+            }
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Install the node again at its next network boot (it boots from disk otherwise).
+    Reinstall {
+        /// Node name or MAC.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+        /// State directory of the server, for its admin.token (or use --token).
+        #[arg(long, default_value = "/var/lib/slipway", env = "SLIPWAY_STATE_DIR")]
+        state_dir: PathBuf,
+        /// The admin token itself.
+        #[arg(long, env = "SLIPWAY_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -136,6 +197,7 @@ fn main() -> ExitCode {
             dns_listen,
             images_dir,
             disable,
+            templates,
         } => {
             init_logging(cli.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -155,6 +217,7 @@ fn main() -> ExitCode {
                 dns_listen,
                 images_dir,
                 disable,
+                templates_dir: templates,
             };
             match runtime.block_on(slipway::serve::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -163,6 +226,92 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Status {
+            remote,
+            node,
+            output,
+        } => {
+            let base = match remote.base() {
+                Ok(b) => b,
+                Err(code) => return code,
+            };
+            run_client(async move {
+                let now = slipway::store::now_millis();
+                match (node, output) {
+                    (Some(id), Output::Table) => {
+                        print!("{}", client::timeline(&client::node(&base, &id).await?))
+                    }
+                    (Some(id), Output::Json) => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&client::node(&base, &id).await?)?
+                    ),
+                    (None, Output::Table) => {
+                        print!(
+                            "{}",
+                            client::status_table(&client::nodes(&base).await?, now)
+                        )
+                    }
+                    (None, Output::Json) => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&client::nodes(&base).await?)?
+                    ),
+                }
+                Ok(())
+            })
+        }
+        Command::Node {
+            action:
+                NodeAction::Reinstall {
+                    name,
+                    remote,
+                    state_dir,
+                    token,
+                },
+        } => {
+            let base = match remote.base() {
+                Ok(b) => b,
+                Err(code) => return code,
+            };
+            run_client(async move {
+                let token = match token {
+                    Some(t) => t,
+                    None => {
+                        let path = state_dir.join(slipway::http::api::ADMIN_TOKEN_FILE);
+                        std::fs::read_to_string(&path)
+                            .map_err(|e| {
+                                anyhow::anyhow!("reading {}: {e} (or pass --token)", path.display())
+                            })?
+                            .trim()
+                            .to_string()
+                    }
+                };
+                let url = format!("{base}/api/v1/nodes/{name}/reinstall");
+                client::call(hyper::Method::POST, &url, Some(&token)).await?;
+                println!("{name}: will install again at its next network boot");
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Runs a CLI command that talks to the server; errors print as `error: ...` with exit 1.
+fn run_client(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::app::App;
+use crate::app::{App, AppOptions};
 use crate::desc;
 use crate::plan::Plan;
 
@@ -25,6 +25,8 @@ pub struct ServeOptions {
     pub images_dir: PathBuf,
     /// Services not to run here (e.g. DHCP when another host answers it).
     pub disable: Vec<Service>,
+    /// Operator overrides of the built-in templates (same relative names as `templates/`).
+    pub templates_dir: Option<PathBuf>,
 }
 
 /// The network services `serve` can run; each can be disabled with `--disable`.
@@ -91,7 +93,31 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         plan.bootstrapper.interface.clone(),
         plan.bootstrapper.address,
     );
-    let app = App::new(opts.config.clone(), plan, store.clone());
+    let admin_dir = opts.state_dir.clone();
+    let (admin_token, created) =
+        tokio::task::spawn_blocking(move || crate::http::api::ensure_admin_token(&admin_dir))
+            .await?
+            .context("creating the admin token in the state directory")?;
+    if created {
+        // Shown once; afterwards it is only in the 0600 file.
+        eprintln!(
+            "slipway: admin token (also in {}): {admin_token}",
+            opts.state_dir
+                .join(crate::http::api::ADMIN_TOKEN_FILE)
+                .display()
+        );
+        store.append_event("secret.issued", None, "admin token created")?;
+    }
+    let app = App::new(
+        opts.config.clone(),
+        plan,
+        store.clone(),
+        AppOptions {
+            templates_dir: opts.templates_dir.clone(),
+            admin_token_hash: Some(crate::boot::hash_token(&admin_token)),
+        },
+    )
+    .context("loading templates")?;
     let (stop_tx, shutdown) = Shutdown::new();
 
     let dhcp = if dhcp_mode == desc::DhcpMode::Off || opts.disable.contains(&Service::Dhcp) {

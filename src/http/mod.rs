@@ -2,13 +2,17 @@
 //! assets. It takes an already-bound listener and a shutdown signal, so tests and `serve`
 //! decide where it listens.
 
+pub mod api;
+pub mod boot;
+
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
@@ -19,6 +23,13 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/plan", get(plan))
+        .route("/api/v1/nodes", get(api::nodes))
+        .route("/api/v1/nodes/{id}", get(api::node))
+        .route("/api/v1/nodes/{id}/reinstall", post(api::reinstall))
+        .route("/api/v1/events", get(api::events))
+        .route("/boot/{file}", get(boot::script))
+        .route("/config/{mac}", get(boot::config))
+        .route("/report/{mac}", post(boot::report))
         .fallback(not_found)
         .layer(TraceLayer::new_for_http())
         .with_state(app)
@@ -29,9 +40,13 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Handlers see the peer address: boot scripts go only to the machine itself.
+    axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Healthy when the store answers; the plan generation helps spot a reload that did not apply.

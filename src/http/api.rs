@@ -1,0 +1,265 @@
+//! The JSON API under `/api/v1`: nodes with their lifecycle, events, and operator actions.
+//! Reads are open; actions need the admin token (`Authorization: Bearer`), which `serve`
+//! creates in the state directory on first start.
+
+use std::collections::BTreeMap;
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::error;
+use crate::app::App;
+use crate::desc::{Gpu, Role};
+use crate::plan::Plan;
+use crate::status::NodeState;
+use crate::store::{Event, NodeRecord, StoreError, Transition, now_millis};
+
+/// File name of the admin token inside the state directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Reads the admin token, creating it (0600, fsynced) when missing. Returns the token and
+/// whether it was created now, so `serve` can show it once.
+pub fn ensure_admin_token(state_dir: &FsPath) -> std::io::Result<(String, bool)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let path = state_dir.join(ADMIN_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_string(), false)),
+        Ok(_) => std::fs::remove_file(&path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let token = crate::boot::new_token()?.secret;
+    let tmp = state_dir.join(format!("{ADMIN_TOKEN_FILE}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(format!("{token}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(state_dir)?.sync_all()?;
+    Ok((token, true))
+}
+
+/// Checks the bearer token against the admin token's hash; `Some` is the refusal.
+fn refuse_unless_admin(app: &App, headers: &HeaderMap) -> Option<Response> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(presented) = presented else {
+        return Some(error(StatusCode::UNAUTHORIZED, "admin token required"));
+    };
+    match &app.admin_token_hash {
+        Some(hash) if crate::boot::hash_token(presented.trim()) == *hash => None,
+        _ => Some(error(StatusCode::FORBIDDEN, "wrong admin token")),
+    }
+}
+
+/// One machine as the API shows it: its plan (if any) and its lifecycle record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: Option<String>,
+    pub mac: String,
+    pub ip: Option<std::net::Ipv4Addr>,
+    pub role: Option<Role>,
+    pub gpu: Option<Gpu>,
+    pub state: NodeState,
+    pub detail: Option<String>,
+    /// Unix milliseconds of the last transition (None: never seen).
+    pub updated_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Transition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event>,
+}
+
+/// Planned nodes in description order, then machines known only from the store.
+pub fn node_views(plan: &Plan, records: Vec<NodeRecord>, with_history: bool) -> Vec<NodeView> {
+    let mut by_mac: BTreeMap<String, NodeRecord> =
+        records.into_iter().map(|r| (r.mac.clone(), r)).collect();
+    let mut out: Vec<NodeView> = plan
+        .nodes
+        .iter()
+        .map(|n| {
+            let rec = by_mac.remove(&n.mac.to_string());
+            NodeView {
+                name: Some(n.hostname.clone()),
+                mac: n.mac.to_string(),
+                ip: Some(n.ip),
+                role: Some(n.role),
+                gpu: Some(n.gpu),
+                state: rec.as_ref().map_or(NodeState::Planned, |r| r.state),
+                detail: rec.as_ref().and_then(|r| r.detail.clone()),
+                updated_at: rec.as_ref().map(|r| r.updated_at),
+                history: rec
+                    .filter(|_| with_history)
+                    .map(|r| r.history)
+                    .unwrap_or_default(),
+                events: Vec::new(),
+            }
+        })
+        .collect();
+    out.extend(by_mac.into_values().map(|r| NodeView {
+        name: r.hostname.clone(),
+        mac: r.mac.clone(),
+        ip: None,
+        role: None,
+        gpu: None,
+        state: r.state,
+        detail: r.detail.clone(),
+        updated_at: Some(r.updated_at),
+        history: if with_history { r.history } else { Vec::new() },
+        events: Vec::new(),
+    }));
+    out
+}
+
+fn store_error(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "state store");
+    error(StatusCode::SERVICE_UNAVAILABLE, "state store unavailable")
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(store_error(e)),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+/// `GET /api/v1/nodes`
+pub async fn nodes(State(app): State<Arc<App>>) -> Response {
+    let plan = app.plan();
+    let store = app.store.clone();
+    match blocking(move || store.nodes()).await {
+        Ok(records) => Json(node_views(&plan, records, false)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Finds a machine by planned name or by MAC (any accepted MAC spelling).
+fn find(plan: &Plan, id: &str) -> Option<String> {
+    if let Some(n) = plan.node_by_name(id) {
+        return Some(n.mac.to_string());
+    }
+    id.parse::<crate::desc::Mac>().ok().map(|m| m.to_string())
+}
+
+/// `GET /api/v1/nodes/{name-or-mac}`: the node with its timeline and recent events.
+pub async fn node(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let plan = app.plan();
+    let Some(mac) = find(&plan, &id) else {
+        return error(StatusCode::NOT_FOUND, "no such node");
+    };
+    let store = app.store.clone();
+    let m = mac.clone();
+    let found = blocking(move || {
+        let rec = store.get_node(&m)?;
+        let events: Vec<Event> = store
+            .recent_events(2000)?
+            .into_iter()
+            .filter(|e| e.mac.as_deref() == Some(m.as_str()))
+            .collect();
+        Ok((rec, events))
+    })
+    .await;
+    let (rec, events) = match found {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let in_plan = plan
+        .node_by_mac(&mac.parse().expect("canonical MAC"))
+        .is_some();
+    if rec.is_none() && !in_plan {
+        return error(StatusCode::NOT_FOUND, "no such node");
+    }
+    let mut views = node_views(&plan, rec.into_iter().collect(), true);
+    let Some(mut view) = views.drain(..).find(|v| v.mac == mac) else {
+        return error(StatusCode::NOT_FOUND, "no such node");
+    };
+    view.events = events;
+    Json(view).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/events?after=SEQ&limit=N`
+pub async fn events(State(app): State<Arc<App>>, Query(q): Query<EventsQuery>) -> Response {
+    let store = app.store.clone();
+    let limit = q.limit.unwrap_or(500).min(5000);
+    match blocking(move || store.events_since(q.after, limit)).await {
+        Ok(ev) => Json(ev).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `POST /api/v1/nodes/{name-or-mac}/reinstall` (admin): the node's next network boot
+/// installs again. Its state goes back to `planned` and any live boot token is revoked.
+pub async fn reinstall(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refusal) = refuse_unless_admin(&app, &headers) {
+        return refusal;
+    }
+    let plan = app.plan();
+    let Some(node) = plan.node_by_name(&id).or_else(|| {
+        id.parse::<crate::desc::Mac>()
+            .ok()
+            .and_then(|m| plan.node_by_mac(&m))
+    }) else {
+        return error(StatusCode::NOT_FOUND, "no such node in the description");
+    };
+    let (mac, hostname) = (node.mac.to_string(), node.hostname.clone());
+    let app2 = app.clone();
+    let m = mac.clone();
+    let done = blocking(move || {
+        app2.store.revoke_boot_token(&m)?;
+        app2.loop_guard.clear(&m);
+        app2.node_step(
+            &m,
+            Some(hostname),
+            NodeState::Planned,
+            "reinstall requested by the operator",
+            false,
+        )?;
+        app2.store.append_event(
+            "node.reinstall",
+            Some(&m),
+            "reinstall requested by the operator",
+        )
+    })
+    .await;
+    match done {
+        Ok(_) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({
+                "node": id,
+                "mac": mac,
+                "state": "planned",
+                "at": now_millis(),
+                "message": "the next network boot installs this node again",
+            })),
+        )
+            .into_response(),
+        Err(r) => r,
+    }
+}

@@ -1,0 +1,339 @@
+//! The boot endpoints machines call: their iPXE script, their config (with the one-time
+//! token from the script) and their progress reports. See docs/boot-flow.md.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::error;
+use crate::app::App;
+use crate::boot::{self, ScriptKind};
+use crate::desc::{Mac, UnknownPolicy};
+use crate::plan::NodePlan;
+use crate::status::NodeState;
+use crate::store::{BootToken, TokenCheck, TokenUse, now_millis};
+
+/// Peer address as IPv4 (IPv4-mapped IPv6 included).
+pub fn peer_v4(peer: SocketAddr) -> Option<Ipv4Addr> {
+    match peer.ip() {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(a) => a.to_ipv4_mapped(),
+    }
+}
+
+fn parse_mac(s: &str) -> Option<Mac> {
+    s.parse().ok()
+}
+
+fn ipxe(text: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "{what}");
+    error(StatusCode::INTERNAL_SERVER_ERROR, what)
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| internal("internal error", e))
+}
+
+/// `GET /boot/{mac}.ipxe`. The install script carries a fresh token, so it is only handed
+/// to the machine itself: the request must come from the node's planned address or the
+/// address leased to that MAC.
+pub async fn script(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(file): Path<String>,
+) -> Response {
+    let Some(mac) = file.strip_suffix(".ipxe").and_then(parse_mac) else {
+        return error(StatusCode::NOT_FOUND, "not found");
+    };
+    let plan = app.plan();
+    let Some(node) = plan.node_by_mac(&mac).cloned() else {
+        return unknown_machine(&app, &plan, mac);
+    };
+    let peer_ip = peer_v4(peer);
+    let app2 = app.clone();
+    let key = mac.to_string();
+    let checked = blocking(move || -> Result<_, crate::store::StoreError> {
+        let leased = app2.store.get_lease(&key)?.map(|l| l.ip);
+        let record = app2.store.get_node(&key)?;
+        Ok((leased, record))
+    })
+    .await;
+    let (leased, record) = match checked {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return internal("state store unavailable", e),
+        Err(r) => return r,
+    };
+    if peer_ip != Some(node.ip) && (peer_ip.is_none() || peer_ip != leased) {
+        let app2 = app.clone();
+        let msg = format!("boot script for {} refused to {}", node.hostname, peer.ip());
+        tracing::warn!("{msg}");
+        let key = mac.to_string();
+        let _ = blocking(move || app2.store.append_event("boot.refused", Some(&key), &msg)).await;
+        return error(
+            StatusCode::FORBIDDEN,
+            "boot scripts are served only to the machine itself",
+        );
+    }
+    let state = record.as_ref().map(|r| r.state);
+    match boot::script_kind(state) {
+        ScriptKind::LocalDisk => local_disk(app, node).await,
+        ScriptKind::Install => install(app, node, state).await,
+    }
+}
+
+async fn local_disk(app: Arc<App>, node: NodePlan) -> Response {
+    let plan = app.plan();
+    let text = match app.renderer().local_disk_script(&plan, &node) {
+        Ok(t) => t,
+        Err(e) => return internal("rendering the boot script failed", e),
+    };
+    let mac = node.mac.to_string();
+    let msg = format!("{} is installed: boot from the local disk", node.hostname);
+    let _ = blocking(move || app.store.append_event("boot.local-disk", Some(&mac), &msg)).await;
+    ipxe(text)
+}
+
+async fn install(app: Arc<App>, node: NodePlan, state: Option<NodeState>) -> Response {
+    let plan = app.plan();
+    let mac = node.mac.to_string();
+    let now = now_millis();
+    let fetches = app.loop_guard.note(&mac, now);
+    if fetches > boot::LOOP_LIMIT
+        && state.is_none_or(|s| s < NodeState::Booting || s == NodeState::Failed)
+    {
+        // The machine keeps asking without ever loading the installer: stop feeding it
+        // tokens, say so on its record, and let it retry slowly.
+        let detail =
+            format!("boot loop: {fetches} script fetches in 10 min without loading the installer");
+        let app2 = app.clone();
+        let (m, h) = (mac.clone(), node.hostname.clone());
+        let d = detail.clone();
+        let _ = blocking(move || app2.node_step(&m, Some(h), NodeState::Failed, &d, false)).await;
+        return match app
+            .renderer()
+            .hold_script(&node.boot.ipxe_script, &detail, 300)
+        {
+            Ok(t) => ipxe(t),
+            Err(e) => internal("rendering the boot script failed", e),
+        };
+    }
+    let token = match boot::new_token() {
+        Ok(t) => t,
+        Err(e) => return internal("no randomness for a boot token", e),
+    };
+    let args = boot::install_kernel_args(&plan, &node, &token.secret);
+    let text = match app.renderer().install_script(&plan, &node, &args) {
+        Ok(t) => t,
+        Err(e) => return internal("rendering the boot script failed", e),
+    };
+    let record = BootToken {
+        mac: mac.clone(),
+        hash: token.hash,
+        issued_at: now,
+        expires_at: now + boot::TOKEN_TTL_MILLIS,
+        config_fetched_at: None,
+    };
+    let app2 = app.clone();
+    let hostname = node.hostname.clone();
+    let saved = blocking(move || -> Result<(), crate::store::StoreError> {
+        app2.store.issue_boot_token(&record)?;
+        app2.node_step(
+            &mac,
+            Some(hostname),
+            NodeState::Pxe,
+            "iPXE install script served",
+            true,
+        )
+    })
+    .await;
+    match saved {
+        Ok(Ok(())) => ipxe(text),
+        Ok(Err(e)) => internal("state store unavailable", e),
+        Err(r) => r,
+    }
+}
+
+/// A MAC that is not in the description. With `enroll-worker` it got a dynamic lease and is
+/// told to wait (approval comes with the operator API); otherwise there is nothing here.
+fn unknown_machine(app: &App, plan: &crate::plan::Plan, mac: Mac) -> Response {
+    if plan.network.unknown_machines != UnknownPolicy::EnrollWorker {
+        return error(StatusCode::NOT_FOUND, "not found");
+    }
+    let url = format!(
+        "{}/boot/{}.ipxe",
+        plan.bootstrapper.http_base,
+        mac.url_form()
+    );
+    let msg = format!("machine {mac} is not in the cluster description; waiting for approval");
+    match app.renderer().hold_script(&url, &msg, 60) {
+        Ok(t) => ipxe(t),
+        Err(e) => internal("rendering the boot script failed", e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The token from `?token=` or `Authorization: Bearer`.
+fn presented_token(query: Option<String>, headers: &HeaderMap) -> Option<String> {
+    query.filter(|t| !t.is_empty()).or_else(|| {
+        headers
+            .get(header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")
+            .map(str::to_string)
+    })
+}
+
+fn refused(check: &TokenCheck) -> Response {
+    error(StatusCode::FORBIDDEN, check.reason())
+}
+
+/// `GET /config/{mac}?token=T`: the node's config, once per token.
+pub async fn config(
+    State(app): State<Arc<App>>,
+    Path(mac): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let plan = app.plan();
+    let Some(node) = parse_mac(&mac).and_then(|m| plan.node_by_mac(&m)).cloned() else {
+        return error(StatusCode::NOT_FOUND, "not found");
+    };
+    let Some(token) = presented_token(q.token, &headers) else {
+        return error(StatusCode::UNAUTHORIZED, "a boot token is required");
+    };
+    // Render first: a template error must not spend the node's token.
+    let (text, mime) = match app.renderer().node_config(&plan, &node) {
+        Ok(v) => v,
+        Err(e) => return internal("rendering the node config failed", e),
+    };
+    let app2 = app.clone();
+    let hash = boot::hash_token(&token);
+    let checked = blocking(move || -> Result<TokenCheck, crate::store::StoreError> {
+        let key = node.mac.to_string();
+        let check = app2
+            .store
+            .use_boot_token(&key, &hash, TokenUse::Config, now_millis())?;
+        if matches!(check, TokenCheck::Valid(_)) {
+            app2.node_step(
+                &key,
+                Some(node.hostname.clone()),
+                NodeState::ConfigFetched,
+                "config served (token spent)",
+                true,
+            )?;
+        }
+        Ok(check)
+    })
+    .await;
+    match checked {
+        Ok(Ok(TokenCheck::Valid(_))) => (
+            [
+                (header::CONTENT_TYPE, mime),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            text,
+        )
+            .into_response(),
+        Ok(Ok(other)) => refused(&other),
+        Ok(Err(e)) => internal("state store unavailable", e),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Report {
+    token: Option<String>,
+    state: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// `POST /report/{mac}` (form: `token`, `state`, `message`): installer progress.
+pub async fn report(
+    State(app): State<Arc<App>>,
+    Path(mac): Path<String>,
+    headers: HeaderMap,
+    Form(r): Form<Report>,
+) -> Response {
+    let plan = app.plan();
+    let Some(node) = parse_mac(&mac).and_then(|m| plan.node_by_mac(&m)).cloned() else {
+        return error(StatusCode::NOT_FOUND, "not found");
+    };
+    let state = match r.state.as_str() {
+        "installing" => NodeState::Installing,
+        "installed" => NodeState::Installed,
+        "failed" => NodeState::Failed,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "state must be installing, installed or failed",
+            );
+        }
+    };
+    let Some(token) = presented_token(r.token, &headers) else {
+        return error(StatusCode::UNAUTHORIZED, "a boot token is required");
+    };
+    let message: String = r.message.chars().take(500).collect();
+    let hash = boot::hash_token(&token);
+    let app2 = app.clone();
+    let checked = blocking(move || -> Result<TokenCheck, crate::store::StoreError> {
+        let key = node.mac.to_string();
+        let check = app2
+            .store
+            .use_boot_token(&key, &hash, TokenUse::Report, now_millis())?;
+        if matches!(check, TokenCheck::Valid(_)) {
+            let detail = if message.is_empty() {
+                format!("reported {}", state)
+            } else {
+                format!("reported {state}: {message}")
+            };
+            // A failure is recorded whatever came before; progress only moves forward.
+            let forward_only = state != NodeState::Failed;
+            app2.node_step(
+                &key,
+                Some(node.hostname.clone()),
+                state,
+                &detail,
+                forward_only,
+            )?;
+            if state == NodeState::Installed {
+                app2.store.revoke_boot_token(&key)?;
+                app2.loop_guard.clear(&key);
+            }
+        }
+        Ok(check)
+    })
+    .await;
+    match checked {
+        Ok(Ok(TokenCheck::Valid(_))) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Ok(other)) => refused(&other),
+        Ok(Err(e)) => internal("state store unavailable", e),
+        Err(r) => r,
+    }
+}

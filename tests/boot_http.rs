@@ -1,0 +1,227 @@
+//! The HTTP boot endpoints with curl from machines on a LAN the test builds: the iPXE script
+//! goes only to the machine's own address and carries a one-time token; the token unlocks the
+//! config once and authenticates reports; an installed node gets "boot from disk" until
+//! `slipway node reinstall`; `slipway status` shows the timeline.
+
+mod common;
+
+use common::{Host, Lan, Slipway, TestDesc, netns_available};
+
+const CP: &str = "52:54:00:00:00:11";
+const BASE: &str = "http://10.20.0.2:8080";
+
+/// curl inside `host`: (HTTP status, body).
+fn curl(host: &Host, args: &[&str]) -> (u16, String) {
+    let out = host
+        .command("curl")
+        .args(["-sS", "-m", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (code.trim().parse().expect("status code"), body.to_string())
+}
+
+fn token_of(script: &str) -> String {
+    let kernel = script
+        .lines()
+        .find(|l| l.starts_with("kernel "))
+        .unwrap_or_else(|| panic!("no kernel line in\n{script}"));
+    kernel
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("slipway.token="))
+        .expect("slipway.token= in the kernel arguments")
+        .to_string()
+}
+
+fn slipway_cli(host: &Host, args: &[&str]) -> (bool, String) {
+    let out = host
+        .command(env!("CARGO_BIN_EXE_slipway"))
+        .args(args)
+        .output()
+        .expect("slipway runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn states(host: &Host) -> serde_json::Value {
+    let (code, body) = curl(host, &[&format!("{BASE}/api/v1/nodes/cp-1")]);
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn script_token_config_report_reinstall() {
+    if !netns_available() {
+        return;
+    }
+    let lan = Lan::new("boothttp");
+    let server = lan.host("srv", Some("10.20.0.2/24"), None);
+    let node = lan.host("cp1", Some("10.20.0.11/24"), Some(CP));
+    let other = lan.host("other", Some("10.20.0.99/24"), None);
+    let desc = TestDesc::default().yaml();
+    let slipway = Slipway::start(&server, &desc, &["--disable", "dhcp", "--disable", "dns"]);
+    let state_dir = slipway.dir.path().join("state");
+    let token_file = state_dir.join("admin.token");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&token_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "admin token is private");
+
+    let script_url = format!("{BASE}/boot/52-54-00-00-00-11.ipxe");
+    // Another machine naming the MAC gets no script (and so no token).
+    let (code, body) = curl(&other, &[&script_url]);
+    assert_eq!(code, 403, "{body}");
+    assert!(!body.contains("token="), "{body}");
+    // Unknown MACs get nothing under the default policy.
+    let (code, _) = curl(&other, &[&format!("{BASE}/boot/52-54-00-99-99-99.ipxe")]);
+    assert_eq!(code, 404);
+
+    // The machine itself gets the install script with a token.
+    let (code, script) = curl(&node, &[&script_url]);
+    assert_eq!(code, 200, "{script}");
+    assert!(script.starts_with("#!ipxe"), "{script}");
+    assert!(
+        script.contains("/assets/os/flatcar/stable/4081.2.0/amd64/flatcar_production_pxe.vmlinuz"),
+        "{script}"
+    );
+    let first = token_of(&script);
+    // A second fetch issues a new token; the first one stops working.
+    let (_, script) = curl(&node, &[&script_url]);
+    let token = token_of(&script);
+    assert_ne!(first, token);
+
+    let config = format!("{BASE}/config/52-54-00-00-00-11");
+    assert_eq!(curl(&node, &[&config]).0, 401, "no token");
+    assert_eq!(
+        curl(&node, &[&format!("{config}?token={first}")]).0,
+        403,
+        "replaced token"
+    );
+    let (code, body) = curl(&node, &[&format!("{config}?token={token}")]);
+    assert_eq!(code, 200, "{body}");
+    let ign: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ign["ignition"]["version"], "3.4.0");
+    let (code, body) = curl(&node, &[&format!("{config}?token={token}")]);
+    assert_eq!((code, body.contains("already used")), (403, true), "{body}");
+
+    let report = format!("{BASE}/report/52-54-00-00-00-11");
+    let post = |state: &str, tok: &str| {
+        curl(
+            &node,
+            &[
+                "--data",
+                &format!("token={tok}&state={state}&message=disk+%2Fdev%2Fvda"),
+                &report,
+            ],
+        )
+        .0
+    };
+    assert_eq!(post("installing", "wrong"), 403);
+    assert_eq!(post("bogus", &token), 400);
+    assert_eq!(post("installing", &token), 204);
+    assert_eq!(post("installed", &token), 204);
+    // Installed: the token is revoked.
+    assert_eq!(post("installing", &token), 403);
+
+    let view = states(&node);
+    assert_eq!(view["state"], "installed", "{view}");
+    let history: Vec<&str> = view["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        history,
+        ["pxe", "config-fetched", "installing", "installed"],
+        "{view}"
+    );
+    let kinds: Vec<&str> = view["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "secret.issued").count(), 2);
+    assert!(kinds.contains(&"token.refused"), "{kinds:?}");
+
+    // Installed nodes boot from disk.
+    let (code, script) = curl(&node, &[&script_url]);
+    assert_eq!(code, 200);
+    assert!(
+        script.contains("sanboot --no-describe --drive 0x80"),
+        "{script}"
+    );
+    assert!(!script.contains("kernel "), "{script}");
+
+    // Reinstall needs the admin token.
+    let (code, _) = curl(
+        &other,
+        &["-X", "POST", &format!("{BASE}/api/v1/nodes/cp-1/reinstall")],
+    );
+    assert_eq!(code, 401);
+    let (code, _) = curl(
+        &other,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Authorization: Bearer nope",
+            &format!("{BASE}/api/v1/nodes/cp-1/reinstall"),
+        ],
+    );
+    assert_eq!(code, 403);
+    let state_arg = state_dir.to_str().unwrap();
+    let (ok, out) = slipway_cli(
+        &other,
+        &[
+            "node",
+            "reinstall",
+            "cp-1",
+            "--server",
+            BASE,
+            "--state-dir",
+            state_arg,
+        ],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(states(&node)["state"], "planned");
+    let (_, script) = curl(&node, &[&script_url]);
+    token_of(&script);
+
+    let (ok, table) = slipway_cli(&other, &["status", "--server", BASE]);
+    assert!(ok, "{table}");
+    let cp_line = table.lines().find(|l| l.starts_with("cp-1")).expect(&table);
+    assert!(cp_line.contains("pxe") && cp_line.contains(CP), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("worker-1") && l.contains("planned")),
+        "{table}"
+    );
+    let (ok, timeline) = slipway_cli(&other, &["status", "--server", BASE, "--node", "cp-1"]);
+    assert!(ok, "{timeline}");
+    for step in [
+        "installed",
+        "planned",
+        "reinstall requested by the operator",
+    ] {
+        assert!(timeline.contains(step), "{step}: {timeline}");
+    }
+    // A server that is not there is a clear error, not a hang.
+    let (ok, out) = slipway_cli(&other, &["status", "--server", "http://10.20.0.2:9"]);
+    assert!(!ok && out.contains("cannot reach slipway"), "{out}");
+}
