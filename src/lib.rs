@@ -5,6 +5,7 @@ pub mod desc;
 pub mod dhcp;
 pub mod dns;
 pub mod http;
+pub mod pki;
 pub mod plan;
 pub mod serve;
 pub mod status;
