@@ -283,10 +283,9 @@ pub(super) fn leaves(pki: &mut Pki, plan: &Plan, renew: bool) -> Result<Vec<Issu
     let mut loaded = BTreeMap::new();
     for spec in leaf_specs(plan) {
         let ca = &pki.cas[&spec.issuer];
-        let existing = if renew {
-            Err(Reason::Renew)
-        } else {
-            check_leaf(&pki.dir, &spec, &ca.info)?
+        let existing = match check_leaf(&pki.dir, &spec, &ca.info)? {
+            Ok(_) if renew => Err(Reason::Renew),
+            other => other,
         };
         let leaf = match existing {
             Ok(leaf) => leaf,

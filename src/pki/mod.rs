@@ -11,6 +11,7 @@
 //! [`Issued`] entries; the caller records each as a `secret.issued` event
 //! ([`record_issued`]).
 
+pub mod cli;
 pub mod files;
 mod inspect;
 mod issue;
