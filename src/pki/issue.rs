@@ -22,7 +22,8 @@ pub const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// yet synced at first boot) already accepts them, as kubeadm does.
 pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
 
-/// Algorithm of newly generated keys. Existing keys (above all the CAs') keep theirs.
+/// Algorithm of new keys. Leaves follow a change on their next load; CAs and the
+/// service-account key keep the algorithm they were created with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyAlgorithm {
@@ -34,11 +35,18 @@ pub enum KeyAlgorithm {
 }
 
 impl KeyAlgorithm {
+    pub fn signature_algorithm(self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyAlgorithm::Rsa2048 => &rcgen::PKCS_RSA_SHA256,
+        }
+    }
+
     pub fn generate(self) -> Result<KeyPair, PkiError> {
         match self {
-            KeyAlgorithm::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+            KeyAlgorithm::EcdsaP256 => KeyPair::generate_for(self.signature_algorithm()),
             KeyAlgorithm::Rsa2048 => {
-                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048)
+                KeyPair::generate_rsa_for(self.signature_algorithm(), RsaKeySize::_2048)
             }
         }
         .map_err(|e| PkiError::Crypto(format!("generating a {self:?} key: {e}")))

@@ -252,6 +252,7 @@ fn check_leaf(
     dir: &Path,
     spec: &LeafSpec,
     ca: &CertInfo,
+    alg: KeyAlgorithm,
 ) -> Result<Result<Leaf, Reason>, PkiError> {
     let base = dir.join(&spec.stem);
     let cert = files::read_optional(&base.with_extension("crt"))?;
@@ -262,8 +263,14 @@ fn check_leaf(
     let Ok(info) = inspect(&cert_pem) else {
         return Ok(Err(Reason::Unreadable));
     };
-    let key_matches =
-        KeyPair::from_pem(&key_pem).is_ok_and(|k| k.subject_public_key_info() == info.spki_der);
+    let key = KeyPair::from_pem(&key_pem).ok();
+    let key_matches = key
+        .as_ref()
+        .is_some_and(|k| k.subject_public_key_info() == info.spki_der);
+    // The operator switched the key algorithm: leaves follow (CAs never do).
+    if key_matches && key.is_some_and(|k| k.algorithm() != alg.signature_algorithm()) {
+        return Ok(Err(Reason::KeyAlgorithm));
+    }
     Ok(
         match leaf_verdict(spec, &info, key_matches, ca, now_secs()) {
             Some(reason) => Err(reason),
@@ -283,7 +290,7 @@ pub(super) fn leaves(pki: &mut Pki, plan: &Plan, renew: bool) -> Result<Vec<Issu
     let mut loaded = BTreeMap::new();
     for spec in leaf_specs(plan) {
         let ca = &pki.cas[&spec.issuer];
-        let existing = match check_leaf(&pki.dir, &spec, &ca.info)? {
+        let existing = match check_leaf(&pki.dir, &spec, &ca.info, pki.alg)? {
             Ok(_) if renew => Err(Reason::Renew),
             other => other,
         };

@@ -92,6 +92,8 @@ pub enum Reason {
     KeyMismatch,
     /// Not signed by the current CA (its authority key id differs).
     WrongIssuer,
+    /// The key is not of the configured [`KeyAlgorithm`].
+    KeyAlgorithm,
     Unreadable,
     Renew,
 }
@@ -105,6 +107,7 @@ impl Reason {
             Reason::PlanChanged => "no longer matched the plan",
             Reason::KeyMismatch => "did not match its key",
             Reason::WrongIssuer => "was not signed by the current CA",
+            Reason::KeyAlgorithm => "had a key of another algorithm",
             Reason::Unreadable => "was unreadable",
             Reason::Renew => "renewed",
         }
@@ -371,6 +374,12 @@ impl Pki {
         rows
     }
 }
+
+// The servers share one `Pki` across threads (behind an Arc).
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Pki>();
+};
 
 /// `slipway pki show`'s table: name, subject, SANs, expiry.
 pub fn summary_table(rows: &[CertSummary]) -> String {

@@ -91,8 +91,9 @@ pub struct LeafSpec {
     pub purpose: Purpose,
 }
 
-/// The group kubeadm binds to cluster-admin for admin.conf: since Kubernetes 1.29 it is
-/// `kubeadm:cluster-admins` (revocable), before that the `system:masters` superuser group.
+/// The group of admin.conf's and apiserver-kubelet-client's certificates: since kubeadm
+/// 1.29 both use `kubeadm:cluster-admins` (bound to cluster-admin, revocable, unlike the
+/// `system:masters` superuser group used before).
 pub fn admin_group(kubernetes_version: &str) -> &'static str {
     let mut parts = kubernetes_version.trim_start_matches('v').split('.');
     let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);

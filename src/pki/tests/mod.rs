@@ -330,6 +330,18 @@ fn rsa_option_issues_rsa_keys_that_verify() {
     let again = Pki::load_or_init(dir.path(), &plan(), KeyAlgorithm::Rsa2048).unwrap();
     assert!(again.issued().is_empty());
     assert_eq!(again.ca_cert_hash(), pki.ca_cert_hash());
+
+    // Switching to ECDSA re-issues the leaves with ECDSA keys; the RSA CAs stay.
+    let ec = Pki::load_or_init(dir.path(), &plan(), KeyAlgorithm::EcdsaP256).unwrap();
+    assert_eq!(ec.issued().len(), 6 + 9);
+    assert!(ec.issued().iter().all(|i| i.reason == Reason::KeyAlgorithm));
+    assert_eq!(ec.ca_cert_hash(), pki.ca_cert_hash());
+    assert!(read(dir.path(), "ca.key").len() > 1000, "CA key still RSA");
+    assert!(
+        read(dir.path(), "apiserver.key").len() < 300,
+        "leaf key now ECDSA"
+    );
+    assert_chains_verify(dir.path());
 }
 
 #[test]
