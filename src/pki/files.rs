@@ -18,11 +18,18 @@ pub const DIR_MODE: u32 = 0o700;
 /// Creates `dir` and its missing parents with mode 0700, and tightens an existing one to
 /// 0700: a key directory other users can list leaks which keys exist and when they changed.
 pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+    let existed = dir.is_dir();
     DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
         .create(dir)
         .map_err(|e| with_path(e, "creating", dir))?;
+    if !existed && let Some(parent) = dir.parent() {
+        // The new directory's entry must be durable before files in it are relied on.
+        File::open(parent)
+            .and_then(|p| p.sync_all())
+            .map_err(|e| with_path(e, "syncing", parent))?;
+    }
     let meta = fs::metadata(dir).map_err(|e| with_path(e, "reading", dir))?;
     if meta.permissions().mode() & 0o777 != DIR_MODE {
         fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
@@ -50,6 +57,8 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
             .create_new(true)
             .mode(mode)
             .open(&tmp)?;
+        // Exactly `mode`, whatever the umask.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(data)?;
         f.sync_all()?;
         drop(f);
@@ -73,4 +82,36 @@ pub fn read_optional(path: &Path) -> io::Result<Option<String>> {
 
 fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_content_and_sets_exact_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("a/b");
+        ensure_dir(&sub).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&sub), DIR_MODE);
+        assert_eq!(mode(&dir.path().join("a")), DIR_MODE);
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_dir(&sub).unwrap();
+        assert_eq!(mode(&sub), DIR_MODE, "an existing directory is tightened");
+
+        let f = sub.join("k.key");
+        write_atomic(&f, b"one", PUBLIC_MODE).unwrap();
+        assert_eq!(mode(&f), PUBLIC_MODE);
+        write_atomic(&f, b"two", SECRET_MODE).unwrap();
+        assert_eq!(fs::read(&f).unwrap(), b"two");
+        assert_eq!(mode(&f), SECRET_MODE);
+        assert_eq!(
+            fs::read_dir(&sub).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+        assert_eq!(read_optional(&sub.join("none")).unwrap(), None);
+        assert!(write_atomic(&dir.path().join("missing/x"), b"", SECRET_MODE).is_err());
+    }
 }
