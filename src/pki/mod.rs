@@ -7,7 +7,9 @@
 //! regenerated: every node and client trusts it, so a CA certificate whose key is missing or
 //! does not match is an error for the operator to resolve. Leaves are cheap and re-issued
 //! when missing, expiring within [`RENEW_BEFORE`], no longer matching the plan (SANs,
-//! subject) or their key, or on [`Pki::renew`]. Everything newly issued is listed in
+//! subject), their key or the configured [`KeyAlgorithm`], or on [`Pki::renew`]. A CA key
+//! whose certificate file is gone gets a new self-signed certificate for the same key (same
+//! subject and key identifier, so everything it signed still verifies). Everything newly issued is listed in
 //! [`Issued`] entries; the caller records each as a `secret.issued` event
 //! ([`record_issued`]).
 
