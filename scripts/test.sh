@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use (real clients and peers). Extend as suites grow.
-PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client busybox-static kea-admin
+PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client busybox-static kea-admin openssl
   qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf radvd cpio)
 
 missing=()

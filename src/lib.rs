@@ -7,6 +7,7 @@ pub mod desc;
 pub mod dhcp;
 pub mod dns;
 pub mod http;
+pub mod pki;
 pub mod plan;
 pub mod render;
 pub mod serve;

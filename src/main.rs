@@ -101,6 +101,11 @@ enum Command {
         #[command(subcommand)]
         action: NodeAction,
     },
+    /// Inspect or renew the cluster's certificates under --state-dir.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
 }
 
 /// Where the running `slipway serve` is.
@@ -144,6 +149,62 @@ enum NodeAction {
         #[arg(long, env = "SLIPWAY_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// List the certificates (name, subject, SANs, expiry); reads only.
+    Show(PkiArgs),
+    /// Re-issue every leaf certificate, keeping the CAs; prints what was issued. Stop
+    /// `serve` first (it holds the state store).
+    Renew {
+        #[command(flatten)]
+        args: PkiArgs,
+        /// Algorithm of the new keys.
+        #[arg(long, value_enum, default_value_t = slipway::pki::KeyAlgorithm::EcdsaP256)]
+        key_algorithm: slipway::pki::KeyAlgorithm,
+    },
+}
+
+#[derive(clap::Args)]
+struct PkiArgs {
+    #[arg(
+        short,
+        long,
+        default_value = "cluster-desc.yaml",
+        env = "SLIPWAY_CONFIG"
+    )]
+    config: PathBuf,
+    #[arg(long, default_value = "/var/lib/slipway", env = "SLIPWAY_STATE_DIR")]
+    state_dir: PathBuf,
+}
+
+fn run_pki(command: PkiCommand) -> ExitCode {
+    let (args, renew) = match command {
+        PkiCommand::Show(args) => (args, None),
+        PkiCommand::Renew {
+            args,
+            key_algorithm,
+        } => (args, Some(key_algorithm)),
+    };
+    let plan = match load_or_report(&args.config) {
+        Ok(d) => Plan::from_desc(&d),
+        Err(code) => return code,
+    };
+    let result = match renew {
+        None => slipway::pki::cli::show_table(&plan, &args.state_dir),
+        Some(alg) => slipway::pki::cli::renew(&plan, &args.state_dir, alg),
+    };
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -292,6 +353,7 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Pki { command } => run_pki(command),
     }
 }
 

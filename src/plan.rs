@@ -22,6 +22,8 @@ pub struct Plan {
     pub nodes: Vec<NodePlan>,
     pub registry: RegistryPlan,
     pub images: Vec<String>,
+    pub assets: AssetsPlan,
+    pub addons: AddonsPlan,
     #[serde(skip)]
     by_mac: HashMap<Mac, usize>,
     #[serde(skip)]
@@ -114,6 +116,46 @@ pub struct BootUrls {
     pub initrd: String,
 }
 
+/// Where nodes download what they install, from Slipway (air-gapped sites have nothing else).
+#[derive(Debug, Clone, Serialize)]
+pub struct AssetsPlan {
+    /// `flatcar-install -b` base: `<base>/<version>/flatcar_production_image.bin.bz2`.
+    pub flatcar_base: String,
+    /// Directory URL of kubeadm, kubelet and kubectl for the cluster's version.
+    pub kubernetes_bin: String,
+    /// NVIDIA container toolkit tarball (its binaries at the top) for GPU nodes.
+    pub nvidia_toolkit: String,
+}
+
+/// Add-on images, pinned: taken from the description's `images:` list when it names them,
+/// else these defaults (which `images:` should then list for an air-gapped site).
+#[derive(Debug, Clone, Serialize)]
+pub struct AddonsPlan {
+    pub flannel: String,
+    pub flannel_cni_plugin: String,
+    pub nvidia_device_plugin: String,
+}
+
+pub const DEFAULT_FLANNEL: &str = "ghcr.io/flannel-io/flannel:v0.26.1";
+pub const DEFAULT_FLANNEL_CNI: &str = "ghcr.io/flannel-io/flannel-cni-plugin:v1.5.1-flannel2";
+pub const DEFAULT_DEVICE_PLUGIN: &str = "nvcr.io/nvidia/k8s-device-plugin:v0.16.2";
+
+/// The first listed image whose repository (reference without tag/digest) ends with `repo`.
+fn pinned(images: &[String], repo: &str, default: &str) -> String {
+    images
+        .iter()
+        .find(|i| {
+            let name = i.split('@').next().unwrap_or(i);
+            let name = match name.rsplit_once(':') {
+                Some((n, tag)) if !tag.contains('/') => n,
+                _ => name,
+            };
+            name == repo || name.ends_with(&format!("/{repo}"))
+        })
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RegistryPlan {
     pub upstreams: Vec<UpstreamPlan>,
@@ -134,15 +176,22 @@ fn fqdn(name: &str, domain: &str) -> String {
     }
 }
 
-/// URL paths of the profile's PXE kernel and initrd. `/assets/` serves the images directory,
-/// laid out as images/README.md describes (`os/<profile>/...`); amd64 only for now.
+/// Where a Flatcar release lives under `/assets/`: the release server's own layout
+/// (`<channel>/amd64-usr/<version>/`), so a mirror is a plain copy and `flatcar-install -b`
+/// finds the disk image next to the PXE files.
+fn flatcar_base(channel: Option<&str>) -> String {
+    format!(
+        "assets/os/flatcar/{}/amd64-usr",
+        channel.unwrap_or("stable")
+    )
+}
+
+/// URL paths of the profile's PXE kernel and initrd. `/assets/` serves the images directory
+/// (images/README.md); amd64 only for now.
 fn boot_assets(profile: OsProfile, channel: Option<&str>, version: &str) -> (String, String) {
     match profile {
         OsProfile::Flatcar => {
-            let dir = format!(
-                "assets/os/flatcar/{}/{version}/amd64",
-                channel.unwrap_or("stable")
-            );
+            let dir = format!("{}/{version}", flatcar_base(channel));
             (
                 format!("{dir}/flatcar_production_pxe.vmlinuz"),
                 format!("{dir}/flatcar_production_pxe_image.cpio.gz"),
@@ -260,7 +309,7 @@ impl Plan {
                 dns_port: *b.ports.dns,
                 tftp_port: *b.ports.tftp,
                 registry_host: format!("{}:{}", *b.address, *b.ports.registry),
-                http_base,
+                http_base: http_base.clone(),
             },
             network: NetworkPlan {
                 subnet: *net.subnet,
@@ -297,6 +346,35 @@ impl Plan {
                     })
                     .collect(),
                 storage: d.registry.storage.as_ref().map(|s| s.display().to_string()),
+            },
+            assets: AssetsPlan {
+                flatcar_base: format!(
+                    "{http_base}/{}",
+                    flatcar_base(d.os.channel.as_ref().map(|c| c.value.as_str()))
+                ),
+                kubernetes_bin: format!(
+                    "{http_base}/assets/kubernetes/v{}/amd64",
+                    d.cluster.kubernetes_version.trim_start_matches('v')
+                ),
+                nvidia_toolkit: format!(
+                    "{http_base}/assets/nvidia/nvidia-container-toolkit-amd64.tar.gz"
+                ),
+            },
+            addons: {
+                let images: Vec<String> = d.images.iter().map(|i| i.value.clone()).collect();
+                AddonsPlan {
+                    flannel: pinned(&images, "flannel-io/flannel", DEFAULT_FLANNEL),
+                    flannel_cni_plugin: pinned(
+                        &images,
+                        "flannel-io/flannel-cni-plugin",
+                        DEFAULT_FLANNEL_CNI,
+                    ),
+                    nvidia_device_plugin: pinned(
+                        &images,
+                        "nvidia/k8s-device-plugin",
+                        DEFAULT_DEVICE_PLUGIN,
+                    ),
+                }
             },
             images: d.images.iter().map(|i| i.value.clone()).collect(),
             nodes,

@@ -94,7 +94,9 @@ fn script_token_config_report_reinstall() {
     assert_eq!(code, 200, "{script}");
     assert!(script.starts_with("#!ipxe"), "{script}");
     assert!(
-        script.contains("/assets/os/flatcar/stable/4081.2.0/amd64/flatcar_production_pxe.vmlinuz"),
+        script.contains(
+            "/assets/os/flatcar/stable/amd64-usr/4081.2.0/flatcar_production_pxe.vmlinuz"
+        ),
         "{script}"
     );
     let first = token_of(&script);
@@ -113,7 +115,7 @@ fn script_token_config_report_reinstall() {
     let (code, body) = curl(&node, &[&format!("{config}?token={token}")]);
     assert_eq!(code, 200, "{body}");
     let ign: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(ign["ignition"]["version"], "3.4.0");
+    assert_eq!(ign["ignition"]["version"], "3.3.0");
     let (code, body) = curl(&node, &[&format!("{config}?token={token}")]);
     assert_eq!((code, body.contains("already used")), (403, true), "{body}");
 
@@ -133,11 +135,12 @@ fn script_token_config_report_reinstall() {
     assert_eq!(post("bogus", &token), 400);
     assert_eq!(post("installing", &token), 204);
     assert_eq!(post("installed", &token), 204);
-    // Installed: the token is revoked.
+    // The installed system reports `joined` with the same token; then it is revoked.
+    assert_eq!(post("joined", &token), 204);
     assert_eq!(post("installing", &token), 403);
 
     let view = states(&node);
-    assert_eq!(view["state"], "installed", "{view}");
+    assert_eq!(view["state"], "joined", "{view}");
     let history: Vec<&str> = view["history"]
         .as_array()
         .unwrap()
@@ -146,7 +149,7 @@ fn script_token_config_report_reinstall() {
         .collect();
     assert_eq!(
         history,
-        ["pxe", "config-fetched", "installing", "installed"],
+        ["pxe", "config-fetched", "installing", "installed", "joined"],
         "{view}"
     );
     let kinds: Vec<&str> = view["events"]

@@ -227,8 +227,13 @@ pub async fn config(
     let Some(token) = presented_token(q.token, &headers) else {
         return error(StatusCode::UNAUTHORIZED, "a boot token is required");
     };
-    // Render first: a template error must not spend the node's token.
-    let (text, mime) = match app.renderer().node_config(&plan, &node) {
+    // Render first: a template error must not spend the node's token. The installed
+    // system reports `joined` with the same token, so it goes into the config.
+    let secrets = crate::render::NodeSecrets {
+        boot_token: token.clone(),
+        ..Default::default()
+    };
+    let (text, mime) = match app.renderer().node_config(&plan, &node, &secrets) {
         Ok(v) => v,
         Err(e) => return internal("rendering the node config failed", e),
     };
@@ -288,11 +293,12 @@ pub async fn report(
     let state = match r.state.as_str() {
         "installing" => NodeState::Installing,
         "installed" => NodeState::Installed,
+        "joined" => NodeState::Joined,
         "failed" => NodeState::Failed,
         _ => {
             return error(
                 StatusCode::BAD_REQUEST,
-                "state must be installing, installed or failed",
+                "state must be installing, installed, joined or failed",
             );
         }
     };
@@ -323,8 +329,11 @@ pub async fn report(
                 forward_only,
             )?;
             if state == NodeState::Installed {
-                app2.store.revoke_boot_token(&key)?;
                 app2.loop_guard.clear(&key);
+            }
+            // Joined: the node's work with Slipway is done; its token dies.
+            if state == NodeState::Joined {
+                app2.store.revoke_boot_token(&key)?;
             }
         }
         Ok(check)

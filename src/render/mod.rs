@@ -11,12 +11,33 @@ use tera::{Context, Tera};
 use crate::desc::OsProfile;
 use crate::plan::{NodePlan, Plan};
 
+pub mod bundle;
+pub mod cloud;
+pub mod ignition;
+
+pub use bundle::{NodeSecrets, PkiFile};
+
 pub const IPXE_INSTALL: &str = "ipxe/install.ipxe";
 pub const IPXE_LOCAL_DISK: &str = "ipxe/local-disk.ipxe";
 pub const IPXE_HOLD: &str = "ipxe/hold.ipxe";
-pub const FLATCAR_IGNITION: &str = "flatcar/ignition.json";
-pub const UBUNTU_USER_DATA: &str = "ubuntu/user-data";
+pub const FLATCAR_INSTALL_SH: &str = "flatcar/install.sh";
+pub const FLATCAR_INSTALL_UNIT: &str = "flatcar/slipway-install.service";
+pub const NODE_CONTAINERD: &str = "node/containerd-config.toml";
+pub const NODE_HOSTS_TOML: &str = "node/hosts.toml";
+pub const NODE_KUBELET_UNIT: &str = "node/kubelet.service";
+pub const NODE_KUBELET_DROPIN: &str = "node/10-kubeadm.conf";
+pub const NODE_KUBEADM: &str = "node/kubeadm.yaml";
+pub const NODE_JOIN_SH: &str = "node/slipway-join.sh";
+pub const NODE_JOIN_UNIT: &str = "node/slipway-join.service";
+pub const NODE_REPORT: &str = "node/report.sh";
+pub const NODE_SYSCTL: &str = "node/k8s-sysctl.conf";
+pub const NODE_TIMESYNCD: &str = "node/timesyncd.conf";
+pub const NODE_NVIDIA_TOOLKIT: &str = "node/nvidia-toolkit.service";
+pub const MANIFEST_FLANNEL: &str = "manifests/flannel.yaml";
+pub const MANIFEST_RUNTIMECLASS: &str = "manifests/nvidia-runtimeclass.yaml";
+pub const MANIFEST_DEVICE_PLUGIN: &str = "manifests/nvidia-device-plugin.yaml";
 
+/// Every built-in template by name; `--templates DIR` may replace any of them.
 const BUILTIN: &[(&str, &str)] = &[
     (
         IPXE_INSTALL,
@@ -28,12 +49,65 @@ const BUILTIN: &[(&str, &str)] = &[
     ),
     (IPXE_HOLD, include_str!("../../templates/ipxe/hold.ipxe")),
     (
-        FLATCAR_IGNITION,
-        include_str!("../../templates/flatcar/ignition.json"),
+        FLATCAR_INSTALL_SH,
+        include_str!("../../templates/flatcar/install.sh"),
     ),
     (
-        UBUNTU_USER_DATA,
-        include_str!("../../templates/ubuntu/user-data"),
+        FLATCAR_INSTALL_UNIT,
+        include_str!("../../templates/flatcar/slipway-install.service"),
+    ),
+    (
+        NODE_CONTAINERD,
+        include_str!("../../templates/node/containerd-config.toml"),
+    ),
+    (
+        NODE_HOSTS_TOML,
+        include_str!("../../templates/node/hosts.toml"),
+    ),
+    (
+        NODE_KUBELET_UNIT,
+        include_str!("../../templates/node/kubelet.service"),
+    ),
+    (
+        NODE_KUBELET_DROPIN,
+        include_str!("../../templates/node/10-kubeadm.conf"),
+    ),
+    (
+        NODE_KUBEADM,
+        include_str!("../../templates/node/kubeadm.yaml"),
+    ),
+    (
+        NODE_JOIN_SH,
+        include_str!("../../templates/node/slipway-join.sh"),
+    ),
+    (
+        NODE_JOIN_UNIT,
+        include_str!("../../templates/node/slipway-join.service"),
+    ),
+    (NODE_REPORT, include_str!("../../templates/node/report.sh")),
+    (
+        NODE_SYSCTL,
+        include_str!("../../templates/node/k8s-sysctl.conf"),
+    ),
+    (
+        NODE_TIMESYNCD,
+        include_str!("../../templates/node/timesyncd.conf"),
+    ),
+    (
+        NODE_NVIDIA_TOOLKIT,
+        include_str!("../../templates/node/nvidia-toolkit.service"),
+    ),
+    (
+        MANIFEST_FLANNEL,
+        include_str!("../../templates/manifests/flannel.yaml"),
+    ),
+    (
+        MANIFEST_RUNTIMECLASS,
+        include_str!("../../templates/manifests/nvidia-runtimeclass.yaml"),
+    ),
+    (
+        MANIFEST_DEVICE_PLUGIN,
+        include_str!("../../templates/manifests/nvidia-device-plugin.yaml"),
     ),
 ];
 
@@ -127,24 +201,28 @@ impl Renderer {
         self.render(IPXE_HOLD, &ctx)
     }
 
-    /// The node's OS configuration and its media type.
+    /// What the node fetches with its token, and its media type: Flatcar gets the live
+    /// installer's Ignition (which carries the installed system's), Ubuntu a cloud-config.
     pub fn node_config(
         &self,
         plan: &Plan,
         node: &NodePlan,
+        secrets: &NodeSecrets,
     ) -> Result<(String, &'static str), RenderError> {
-        let mut ctx = base_context(plan, node);
+        let report = crate::boot::report_url(plan, node);
+        let system = bundle::installed_system(self, plan, node, secrets, &report)?;
         match plan.os.profile {
             OsProfile::Flatcar => {
-                ctx.insert(
-                    "hostname_data_url",
-                    &format!("data:,{}", percent_encode(&node.hostname)),
-                );
-                let text = self.render(FLATCAR_IGNITION, &ctx)?;
-                Ok((text, "application/vnd.coreos.ignition+json"))
+                let node_ign = ignition::to_ignition(&system).to_string();
+                let live = bundle::flatcar_installer(self, plan, node, secrets, &report, node_ign)?;
+                Ok((
+                    serde_json::to_string_pretty(&ignition::to_ignition(&live))
+                        .expect("JSON values serialize"),
+                    "application/vnd.coreos.ignition+json",
+                ))
             }
             OsProfile::Ubuntu => Ok((
-                self.render(UBUNTU_USER_DATA, &ctx)?,
+                cloud::to_cloud_config(plan, node, &system),
                 "text/cloud-config; charset=utf-8",
             )),
         }
@@ -153,7 +231,7 @@ impl Renderer {
 
 /// What every template sees: `node`, `cluster`, `os`, `network`, `bootstrapper`, the HTTP
 /// base and the node's script URL.
-fn base_context(plan: &Plan, node: &NodePlan) -> Context {
+pub(crate) fn base_context(plan: &Plan, node: &NodePlan) -> Context {
     #[derive(Serialize)]
     struct Ctx<'a> {
         node: &'a NodePlan,
@@ -174,19 +252,6 @@ fn base_context(plan: &Plan, node: &NodePlan) -> Context {
         script_url: &node.boot.ipxe_script,
     })
     .expect("plan types serialize to a JSON object")
-}
-
-/// RFC 3986 percent-encoding of everything but unreserved characters (for data: URLs).
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1,0 +1,340 @@
+//! What a node gets, independent of the OS profile: files (inline or downloaded from
+//! Slipway), systemd units, links and SSH keys. Each file's text comes from an overridable
+//! template; this module decides which files a node gets, by role and GPU, and the two
+//! serializers turn the bundle into Ignition (Flatcar) or cloud-config (Ubuntu).
+
+use serde::Serialize;
+use tera::Context;
+
+use super::{RenderError, Renderer};
+use crate::desc::{Gpu, Role};
+use crate::plan::{NodePlan, Plan};
+
+/// Per-node secrets the caller (the PKI) supplies. A worker's `pki_files` never hold a CA
+/// private key; see [`NodeSecrets::for_role`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeSecrets {
+    /// The node's boot token: the installed system reports `joined` with it.
+    pub boot_token: String,
+    /// kubeadm bootstrap token `[a-z0-9]{6}.[a-z0-9]{16}`.
+    pub bootstrap_token: String,
+    /// `sha256:<hex>` of the cluster CA's SubjectPublicKeyInfo.
+    pub ca_cert_hash: String,
+    /// Files under /etc/kubernetes/pki (relative path, PEM, is-private-key).
+    pub pki_files: Vec<PkiFile>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PkiFile {
+    pub path: String,
+    pub pem: String,
+    pub private: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Contents {
+    Inline(String),
+    /// Downloaded by the node from this URL (Slipway's assets).
+    Remote(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFile {
+    pub path: String,
+    pub mode: u32,
+    pub contents: Contents,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    pub name: String,
+    /// None: the OS already has the unit (only enabled or given drop-ins).
+    pub contents: Option<String>,
+    pub dropins: Vec<(String, String)>,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bundle {
+    pub files: Vec<NodeFile>,
+    pub units: Vec<Unit>,
+    /// (path, target) symbolic links.
+    pub links: Vec<(String, String)>,
+    pub ssh_keys: Vec<String>,
+}
+
+impl Bundle {
+    fn file(&mut self, path: &str, mode: u32, text: String) {
+        self.files.push(NodeFile {
+            path: path.to_string(),
+            mode,
+            contents: Contents::Inline(text),
+        });
+    }
+
+    fn unit(&mut self, name: &str, contents: Option<String>, dropins: Vec<(String, String)>) {
+        self.units.push(Unit {
+            name: name.to_string(),
+            contents,
+            dropins,
+            enabled: true,
+        });
+    }
+}
+
+/// Kubernetes service DNS domain inside the cluster (kept apart from the node domain so
+/// CoreDNS never shadows the machines' own names).
+pub const SERVICE_DNS_DOMAIN: &str = "cluster.local";
+
+/// The context every node template sees: the base context plus secrets and derived values.
+fn node_context(plan: &Plan, node: &NodePlan, secrets: &NodeSecrets, report_url: &str) -> Context {
+    let mut ctx = super::base_context(plan, node);
+    ctx.insert("secrets", secrets);
+    ctx.insert("report_url", report_url);
+    ctx.insert("assets", &plan.assets);
+    ctx.insert("addons", &plan.addons);
+    ctx.insert("service_dns_domain", SERVICE_DNS_DOMAIN);
+    ctx.insert("bootstrap_token_ttl", "24h0m0s");
+    let minor: u32 = plan
+        .cluster
+        .kubernetes_version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    ctx.insert(
+        "kubeadm_api",
+        if minor >= 31 { "v1beta4" } else { "v1beta3" },
+    );
+    let pause = plan
+        .images
+        .iter()
+        .find(|i| i.contains("/pause:"))
+        .cloned()
+        .unwrap_or_else(|| "registry.k8s.io/pause:3.10".to_string());
+    ctx.insert("pause_image", &pause);
+    let mut labels: Vec<String> = node
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if node.gpu == Gpu::Nvidia && !node.labels.contains_key("nvidia.com/gpu.present") {
+        labels.push("nvidia.com/gpu.present=true".to_string());
+    }
+    ctx.insert("node_labels", &labels.join(","));
+    #[derive(Serialize)]
+    struct Taint<'a> {
+        key: &'a str,
+        value: Option<&'a str>,
+        effect: &'a str,
+    }
+    let taints: Vec<Taint> = node
+        .taints
+        .iter()
+        .filter_map(|t| {
+            let (kv, effect) = t.rsplit_once(':')?;
+            let (key, value) = match kv.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (kv, None),
+            };
+            Some(Taint { key, value, effect })
+        })
+        .collect();
+    ctx.insert("taints", &taints);
+    let mut sans: Vec<String> = vec![plan.cluster.endpoint.fqdn.clone()];
+    sans.extend(
+        plan.cluster
+            .endpoint
+            .addresses
+            .iter()
+            .map(|a| a.to_string()),
+    );
+    for n in plan.nodes.iter().filter(|n| n.role == Role::ControlPlane) {
+        sans.push(n.hostname.clone());
+        sans.push(n.fqdn.clone());
+        sans.push(n.ip.to_string());
+    }
+    ctx.insert("api_sans", &sans);
+    ctx
+}
+
+/// The addon manifests the first control plane applies, by file name.
+pub fn manifests(
+    r: &Renderer,
+    plan: &Plan,
+    node: &NodePlan,
+) -> Result<Vec<(&'static str, String)>, RenderError> {
+    let ctx = node_context(plan, node, &NodeSecrets::default(), "");
+    let mut out = vec![("flannel.yaml", r.render(super::MANIFEST_FLANNEL, &ctx)?)];
+    if plan.nodes.iter().any(|n| n.gpu == Gpu::Nvidia) {
+        out.push((
+            "nvidia-runtimeclass.yaml",
+            r.render(super::MANIFEST_RUNTIMECLASS, &ctx)?,
+        ));
+        out.push((
+            "nvidia-device-plugin.yaml",
+            r.render(super::MANIFEST_DEVICE_PLUGIN, &ctx)?,
+        ));
+    }
+    Ok(out)
+}
+
+/// The installed system of `node`: container runtime, Kubernetes binaries and config, its
+/// secrets, the join service, and (first control plane) the addons.
+pub fn installed_system(
+    r: &Renderer,
+    plan: &Plan,
+    node: &NodePlan,
+    secrets: &NodeSecrets,
+    report_url: &str,
+) -> Result<Bundle, RenderError> {
+    use super::*;
+    let ctx = node_context(plan, node, secrets, report_url);
+    let mut b = Bundle {
+        ssh_keys: plan.os.ssh_authorized_keys.clone(),
+        ..Bundle::default()
+    };
+    b.file("/etc/hostname", 0o644, format!("{}\n", node.hostname));
+    b.file(
+        "/etc/slipway/token",
+        0o600,
+        format!("{}\n", secrets.boot_token),
+    );
+    b.file(
+        "/opt/slipway/report.sh",
+        0o755,
+        r.render(NODE_REPORT, &ctx)?,
+    );
+    b.file("/opt/slipway/join.sh", 0o755, r.render(NODE_JOIN_SH, &ctx)?);
+    b.file(
+        "/etc/slipway/kubeadm.yaml",
+        0o600,
+        r.render(NODE_KUBEADM, &ctx)?,
+    );
+    b.file(
+        "/etc/containerd/config.toml",
+        0o644,
+        r.render(NODE_CONTAINERD, &ctx)?,
+    );
+    for up in &plan.registry.upstreams {
+        let mut c = ctx.clone();
+        c.insert("upstream", up);
+        b.file(
+            &format!("/etc/containerd/certs.d/{}/hosts.toml", up.name),
+            0o644,
+            r.render(NODE_HOSTS_TOML, &c)?,
+        );
+    }
+    b.file(
+        "/etc/modules-load.d/k8s.conf",
+        0o644,
+        "overlay\nbr_netfilter\n".into(),
+    );
+    b.file(
+        "/etc/sysctl.d/k8s.conf",
+        0o644,
+        r.render(NODE_SYSCTL, &ctx)?,
+    );
+    if !plan.network.ntp.is_empty() {
+        b.file(
+            "/etc/systemd/timesyncd.conf.d/slipway.conf",
+            0o644,
+            r.render(NODE_TIMESYNCD, &ctx)?,
+        );
+    }
+    for bin in ["kubeadm", "kubelet", "kubectl"] {
+        b.files.push(NodeFile {
+            path: format!("/opt/bin/{bin}"),
+            mode: 0o755,
+            contents: Contents::Remote(format!("{}/{bin}", plan.assets.kubernetes_bin)),
+        });
+    }
+    for f in &secrets.pki_files {
+        let mode = if f.private { 0o600 } else { 0o644 };
+        b.file(
+            &format!("/etc/kubernetes/pki/{}", f.path),
+            mode,
+            f.pem.clone(),
+        );
+    }
+    if node.init {
+        for (name, text) in manifests(r, plan, node)? {
+            b.file(&format!("/etc/slipway/addons/{name}"), 0o644, text);
+        }
+    }
+    b.links.push((
+        "/etc/localtime".into(),
+        format!("/usr/share/zoneinfo/{}", plan.os.timezone),
+    ));
+    b.unit(
+        "containerd.service",
+        None,
+        vec![(
+            "10-slipway.conf".into(),
+            "[Service]\nEnvironment=CONTAINERD_CONFIG=/etc/containerd/config.toml\n".into(),
+        )],
+    );
+    b.unit(
+        "kubelet.service",
+        Some(r.render(NODE_KUBELET_UNIT, &ctx)?),
+        vec![(
+            "10-kubeadm.conf".into(),
+            r.render(NODE_KUBELET_DROPIN, &ctx)?,
+        )],
+    );
+    b.unit(
+        "slipway-join.service",
+        Some(r.render(NODE_JOIN_UNIT, &ctx)?),
+        vec![],
+    );
+    if node.gpu == Gpu::Nvidia {
+        // Flatcar's nvidia.service builds and loads the driver on first boot.
+        b.unit("nvidia.service", None, vec![]);
+        b.unit(
+            "slipway-nvidia-toolkit.service",
+            Some(r.render(NODE_NVIDIA_TOOLKIT, &ctx)?),
+            vec![],
+        );
+    }
+    Ok(b)
+}
+
+/// The PXE-booted Flatcar live system: installs to disk with the installed system's
+/// Ignition (`node_ign`) and reports progress.
+pub fn flatcar_installer(
+    r: &Renderer,
+    plan: &Plan,
+    node: &NodePlan,
+    secrets: &NodeSecrets,
+    report_url: &str,
+    node_ign: String,
+) -> Result<Bundle, RenderError> {
+    use super::*;
+    let ctx = node_context(plan, node, secrets, report_url);
+    let mut b = Bundle {
+        ssh_keys: plan.os.ssh_authorized_keys.clone(),
+        ..Bundle::default()
+    };
+    b.file(
+        "/etc/slipway/token",
+        0o600,
+        format!("{}\n", secrets.boot_token),
+    );
+    b.file(
+        "/opt/slipway/report.sh",
+        0o755,
+        r.render(NODE_REPORT, &ctx)?,
+    );
+    b.file(
+        "/opt/slipway/install.sh",
+        0o755,
+        r.render(FLATCAR_INSTALL_SH, &ctx)?,
+    );
+    b.file("/opt/slipway/node.ign", 0o600, node_ign);
+    b.unit(
+        "slipway-install.service",
+        Some(r.render(FLATCAR_INSTALL_UNIT, &ctx)?),
+        vec![],
+    );
+    Ok(b)
+}
