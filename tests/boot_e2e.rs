@@ -29,7 +29,6 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const VM_TIMEOUT: Duration = Duration::from_secs(240);
 
 const KERNEL_ARGS: [&str; 3] = ["console=ttyS0,115200", "loglevel=4", "panic=5"];
-const ASSETS: &str = "os/flatcar/stable/4081.2.0/amd64";
 const BASE: &str = "http://10.20.0.2:8080";
 
 /// The lifecycle every fresh install must show, in this order.
@@ -132,23 +131,29 @@ impl Bed {
         let lan = Lan::new(tag);
         let srv = lan.host("srv", Some("10.20.0.2/24"), None);
         radvd(&srv, &dir.0);
-        let state = tempfile::tempdir().unwrap();
-        let assets = state.path().join("images").join(ASSETS);
-        std::fs::create_dir_all(&assets).unwrap();
-        std::fs::copy(&guest.kernel, assets.join("flatcar_production_pxe.vmlinuz")).unwrap();
-        std::fs::copy(
-            &guest.initrd,
-            assets.join("flatcar_production_pxe_image.cpio.gz"),
-        )
-        .unwrap();
-        let slipway = Slipway::start_in(&srv, state, &description(&nodes), &[]);
-        Some(Bed {
+        let slipway = Slipway::start(&srv, &description(&nodes), &[]);
+        let bed = Bed {
             slipway,
             nodes,
             dir,
             srv,
             lan,
-        })
+        };
+        // The guest goes where the plan says the profile's PXE kernel and initrd are.
+        let plan = bed.api("/api/v1/plan");
+        let images = bed.slipway.dir.path().join("images");
+        for (key, src) in [("kernel", &guest.kernel), ("initrd", &guest.initrd)] {
+            let url = plan["nodes"][0]["boot"][key]
+                .as_str()
+                .unwrap_or_else(|| panic!("no nodes[0].boot.{key} in the plan: {plan}"));
+            let rel = url
+                .strip_prefix(&format!("{BASE}/assets/"))
+                .unwrap_or_else(|| panic!("{key} URL {url} is not under {BASE}/assets/"));
+            let dst = images.join(rel);
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            std::fs::copy(src, &dst).unwrap();
+        }
+        Some(bed)
     }
 
     fn vm(&self, node: usize, firmware: &Firmware, disk: bool, boot: usize) -> Vm {
