@@ -337,6 +337,10 @@ fn uefi_pxe_chains_tftp_snponly_then_installs_over_http() {
         "OVMF did not PXE-boot over IPv4"
     );
     assert!(
+        !serial.contains("PXE-E") && !serial.contains("Start HTTP Boot"),
+        "OVMF's PXE boot failed (it may have fallen back to HTTP boot)"
+    );
+    assert!(
         serial.contains("iPXE"),
         "snponly.efi (iPXE) never ran: no banner on the serial console"
     );
@@ -356,8 +360,8 @@ fn uefi_http_boot_fetches_snponly_then_installs() {
         "OVMF did not use UEFI HTTP boot"
     );
     assert!(
-        !serial.contains("Start PXE over IPv4"),
-        "OVMF fell back to PXE"
+        !serial.contains("Start PXE over IPv4") && !serial.contains("failed to load Boot"),
+        "OVMF's HTTP boot was not the first and only boot option it used"
     );
     assert!(
         serial.contains("iPXE"),

@@ -439,6 +439,11 @@ impl Vm {
                 ]);
             }
         }
+        // No PXE over IPv6 (OVMF waits about 70 s for DHCPv6 answers that never come); for
+        // HTTP boot no PXE over IPv4 either, so HTTPv4 is the first boot option.
+        if let Firmware::UefiPxe | Firmware::UefiHttp = firmware {
+            cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]);
+        }
         if let Firmware::UefiHttp = firmware {
             cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n"]);
         }
