@@ -179,12 +179,12 @@ fn udhcpc_posing_as_each_boot_class_gets_the_right_program() {
         (
             &["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000"],
             "undionly.kpxe",
-            Some("PXEClient"),
+            None,
         ),
         (
             &["-V", "PXEClient:Arch:00007:UNDI:003016", "-x", "0x5d:0007"],
             "snponly.efi",
-            Some("PXEClient"),
+            None,
         ),
         (
             &["-V", "HTTPClient:Arch:00016:UNDI:003016", "-x", "0x5d:0010"],

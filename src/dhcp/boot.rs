@@ -44,10 +44,14 @@ pub fn choose(
     script_url: &str,
     http_base: &str,
 ) -> Option<BootChoice> {
+    // No option 60 on an address offer for firmware PXE: `PXEClient` without option 43 makes
+    // the offer a "BINL" offer, and the client (OVMF, PXE spec) then asks port 4011 for its
+    // boot file, which only ProxyDHCP mode answers (OVMF: PXE-E16). A plain offer with a
+    // boot file is what PXE clients take from a DHCP server; ProxyDHCP adds `PXEClient`.
     let tftp = |file: &str| BootChoice {
         file: file.to_string(),
         tftp: true,
-        vendor_class: Some("PXEClient"),
+        vendor_class: None,
         ipxe_no_proxydhcp: false,
     };
     let http = |file: &str| BootChoice {
