@@ -227,11 +227,35 @@ impl Bed {
             .unwrap_or_default()
     }
 
+    /// The node's events as `kind: message`, oldest first.
+    fn events(&self, node: usize) -> Vec<String> {
+        let r = self.record(node);
+        r["events"]
+            .as_array()
+            .map(|evs| {
+                evs.iter()
+                    .map(|e| {
+                        format!(
+                            "{}: {}",
+                            e["kind"].as_str().unwrap_or("?"),
+                            e["message"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Slipway's account of a first install: listed as installed, and the whole timeline.
     fn assert_installed(&self, node: usize) {
         let listed = self.listed(node);
         assert_eq!(listed["state"], "installed", "listed as {listed}");
         let timeline = self.timeline(node);
+        eprintln!(
+            "e2e: {} timeline: {}",
+            self.nodes[node].hostname,
+            timeline.join(" > ")
+        );
         assert_in_order(&timeline, &INSTALL_TIMELINE, 0);
         assert!(
             !timeline.iter().any(|s| s == "failed"),
@@ -340,6 +364,11 @@ fn uefi_pxe_chains_tftp_snponly_then_installs_over_http() {
         !serial.contains("PXE-E") && !serial.contains("Start HTTP Boot"),
         "OVMF's PXE boot failed (it may have fallen back to HTTP boot)"
     );
+    let events = bed.events(0);
+    assert!(
+        events.iter().any(|e| e == "node.pxe: TFTP snponly.efi"),
+        "Slipway recorded no TFTP transfer of snponly.efi: {events:?}"
+    );
     assert!(
         serial.contains("iPXE"),
         "snponly.efi (iPXE) never ran: no banner on the serial console"
@@ -362,6 +391,21 @@ fn uefi_http_boot_fetches_snponly_then_installs() {
     assert!(
         !serial.contains("Start PXE over IPv4") && !serial.contains("failed to load Boot"),
         "OVMF's HTTP boot was not the first and only boot option it used"
+    );
+    assert!(
+        serial.contains(&format!("URI: {BASE}/ipxe/snponly.efi")),
+        "OVMF did not fetch snponly.efi over HTTP"
+    );
+    let events = bed.events(0);
+    assert!(
+        events
+            .iter()
+            .any(|e| e == "node.pxe: ipxe /ipxe/snponly.efi"),
+        "Slipway recorded no HTTP download of snponly.efi: {events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e.contains("TFTP")),
+        "HTTP boot used TFTP: {events:?}"
     );
     assert!(
         serial.contains("iPXE"),

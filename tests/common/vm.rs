@@ -38,6 +38,14 @@ const MODULES: [&str; 9] = [
     "e1000",
 ];
 
+/// Console lines after which a machine will not get anywhere by itself: Slipway's boot-loop
+/// guard, OVMF out of boot options, iPXE's command line.
+const DEAD_ENDS: [&str; 3] = [
+    "Slipway: boot loop",
+    "No bootable option or device was found",
+    "iPXE> ",
+];
+
 static TAPS: AtomicUsize = AtomicUsize::new(0);
 
 fn ci() -> bool {
@@ -512,15 +520,29 @@ impl Vm {
         false
     }
 
-    /// Waits until QEMU exits (the guest powered off) or `timeout`; panics on timeout.
+    /// Waits until QEMU exits (the guest powered off) or `timeout`; panics on timeout, or
+    /// at once when the console shows the machine cannot get anywhere.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = self.started + timeout;
+        let mut checked = Instant::now();
         while !self.poll() {
             if Instant::now() > deadline {
                 panic!(
                     "VM {} ({}) did not power off within {timeout:?}",
                     self.name, self.mac
                 );
+            }
+            if checked.elapsed() > Duration::from_secs(2) {
+                checked = Instant::now();
+                let log = self.serial_log();
+                if let Some(dead) = DEAD_ENDS.iter().find(|d| log.contains(*d)) {
+                    // Let the console flush what follows, then give up.
+                    std::thread::sleep(Duration::from_secs(2));
+                    panic!(
+                        "VM {} ({}) is stuck: the console shows `{dead}`",
+                        self.name, self.mac
+                    );
+                }
             }
             std::thread::sleep(Duration::from_millis(200));
         }
