@@ -434,6 +434,22 @@ fn four_machines_install_at_once() {
     for i in 0..4 {
         bed.assert_installed(i);
     }
+    // The operator's view says the same: `slipway status --output json`.
+    let out = bed.srv.run(
+        bed.srv
+            .command(env!("CARGO_BIN_EXE_slipway"))
+            .args(["status", "--server", BASE, "--output", "json"]),
+    );
+    let status: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("slipway status --output json ({e}): {out}"));
+    for n in &bed.nodes {
+        let row = status
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["name"] == n.hostname.as_str()))
+            .unwrap_or_else(|| panic!("{} missing from slipway status: {out}", n.hostname));
+        assert_eq!(row["state"], "installed", "{row}");
+        assert_eq!(row["ip"], n.ip.as_str(), "{row}");
+    }
 }
 
 #[test]
@@ -516,6 +532,7 @@ fn installed_node_boots_from_disk_until_reinstalled() {
     let third = bed.timeline(0);
     assert_eq!(third[planned - 1], "planned", "timeline: {third:?}");
     assert_in_order(&third, &INSTALL_TIMELINE, planned);
+    eprintln!("e2e: {} timeline: {}", node.hostname, third.join(" > "));
     eprintln!(
         "e2e: install, disk boot, reinstall took {:.1}s",
         t.elapsed().as_secs_f64()
