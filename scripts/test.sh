@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use (real clients and peers). Extend as suites grow.
-PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client busybox kea-admin openssl)
+PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client busybox kea-admin openssl ignition cloud-init)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -22,6 +22,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# kubernetes-validate (PyPI) checks the rendered manifests offline.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "test.sh: installing kubernetes-validate (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
 fi
 
 for c in rustfmt clippy; do

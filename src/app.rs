@@ -23,6 +23,8 @@ pub struct App {
     /// SHA-256 (hex) of the admin token that mutating API calls must present.
     pub admin_token_hash: Option<String>,
     pub loop_guard: crate::boot::LoopGuard,
+    /// The cluster PKI (None only in tests that serve no configs).
+    pub pki: Option<std::sync::RwLock<crate::pki::Pki>>,
     plan: ArcSwap<Plan>,
     generation: AtomicU64,
     /// Machines with dynamic leases (hostname, address), published by DHCP for DNS.
@@ -31,10 +33,11 @@ pub struct App {
 }
 
 /// Settings of the running process that do not come from the description.
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct AppOptions {
     pub templates_dir: Option<PathBuf>,
     pub admin_token_hash: Option<String>,
+    pub pki: Option<crate::pki::Pki>,
 }
 
 /// What a successful reload changed, for the log and the event record.
@@ -61,6 +64,7 @@ impl App {
             renderer: ArcSwap::from_pointee(renderer),
             admin_token_hash: options.admin_token_hash,
             loop_guard: Default::default(),
+            pki: options.pki.map(std::sync::RwLock::new),
             plan: ArcSwap::from_pointee(plan),
             generation: AtomicU64::new(1),
             dynamic_hosts: ArcSwap::from_pointee(Vec::new()),
@@ -135,6 +139,21 @@ impl App {
             != (nb.http_port, nb.registry_port, nb.dns_port, nb.tftp_port)
         {
             needs_restart.push("bootstrapper.ports");
+        }
+        // Certificates follow the plan (a new control-plane node needs its etcd certificates
+        // and a SAN on the apiserver's); CAs never change.
+        if let Some(pki) = &self.pki {
+            let mut pki = pki.write().unwrap_or_else(|e| e.into_inner());
+            match pki.refresh(&new) {
+                Ok(issued) => {
+                    if let Err(e) = crate::pki::record_issued(self.store.as_ref(), &issued) {
+                        tracing::warn!(error = %e, "could not record issued certificates");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "certificates not refreshed for the new plan")
+                }
+            }
         }
         let nodes = new.nodes.len();
         self.plan.store(Arc::new(new));

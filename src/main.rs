@@ -96,6 +96,30 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Print what a node gets (iPXE script, Ignition, cloud-config, manifests); secrets are
+    /// redacted unless --show-secrets.
+    Render {
+        #[arg(
+            short,
+            long,
+            default_value = "cluster-desc.yaml",
+            env = "SLIPWAY_CONFIG"
+        )]
+        config: PathBuf,
+        /// For the cluster PKI (created there if missing, as `serve` would).
+        #[arg(long, default_value = "/var/lib/slipway", env = "SLIPWAY_STATE_DIR")]
+        state_dir: PathBuf,
+        #[arg(long, env = "SLIPWAY_TEMPLATES")]
+        templates: Option<PathBuf>,
+        /// Node name.
+        #[arg(long)]
+        node: String,
+        #[arg(long, value_enum)]
+        what: slipway::render::cli::What,
+        /// Print private keys and tokens instead of REDACTED.
+        #[arg(long)]
+        show_secrets: bool,
+    },
     /// Operator actions on one node.
     Node {
         #[command(subcommand)]
@@ -354,6 +378,36 @@ fn main() -> ExitCode {
             })
         }
         Command::Pki { command } => run_pki(command),
+        Command::Render {
+            config,
+            state_dir,
+            templates,
+            node,
+            what,
+            show_secrets,
+        } => {
+            let plan = match load_or_report(&config) {
+                Ok(d) => Plan::from_desc(&d),
+                Err(code) => return code,
+            };
+            match slipway::render::cli::render(
+                &plan,
+                &state_dir,
+                templates.as_deref(),
+                &node,
+                what,
+                show_secrets,
+            ) {
+                Ok(text) => {
+                    println!("{}", text.trim_end());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

@@ -108,6 +108,18 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         );
         store.append_event("secret.issued", None, "admin token created")?;
     }
+    let (pki_dir, pki_plan, pki_store) = (opts.state_dir.clone(), plan.clone(), store.clone());
+    let pki = tokio::task::spawn_blocking(move || -> Result<crate::pki::Pki> {
+        let pki = crate::pki::Pki::load_or_init(
+            &pki_dir,
+            &pki_plan,
+            crate::pki::KeyAlgorithm::EcdsaP256,
+        )?;
+        crate::pki::record_issued(pki_store.as_ref(), pki.issued())?;
+        Ok(pki)
+    })
+    .await?
+    .context("loading the cluster PKI")?;
     let app = App::new(
         opts.config.clone(),
         plan,
@@ -115,6 +127,7 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         AppOptions {
             templates_dir: opts.templates_dir.clone(),
             admin_token_hash: Some(crate::boot::hash_token(&admin_token)),
+            pki: Some(pki),
         },
     )
     .context("loading templates")?;

@@ -40,6 +40,40 @@ fn token_of(script: &str) -> String {
         .to_string()
 }
 
+/// Every inline file of the installed system inside a live-installer Ignition, decoded and
+/// concatenated.
+fn installed_files(live: &str) -> String {
+    use base64::Engine as _;
+    let decode = |src: &str| {
+        src.strip_prefix("data:;base64,")
+            .map(|b| base64::engine::general_purpose::STANDARD.decode(b).unwrap())
+            .unwrap_or_default()
+    };
+    let files = |ign: &serde_json::Value| -> Vec<(String, Vec<u8>)> {
+        ign["storage"]["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["path"].as_str().unwrap().to_string(),
+                    decode(f["contents"]["source"].as_str().unwrap()),
+                )
+            })
+            .collect()
+    };
+    let live: serde_json::Value = serde_json::from_str(live).unwrap();
+    let (_, node_ign) = files(&live)
+        .into_iter()
+        .find(|(p, _)| p == "/opt/slipway/node.ign")
+        .expect("node.ign");
+    let system: serde_json::Value = serde_json::from_slice(&node_ign).unwrap();
+    files(&system)
+        .into_iter()
+        .map(|(_, b)| String::from_utf8_lossy(&b).into_owned())
+        .collect()
+}
+
 fn slipway_cli(host: &Host, args: &[&str]) -> (bool, String) {
     let out = host
         .command(env!("CARGO_BIN_EXE_slipway"))
@@ -116,6 +150,7 @@ fn script_token_config_report_reinstall() {
     assert_eq!(code, 200, "{body}");
     let ign: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ign["ignition"]["version"], "3.3.0");
+    let cp_config = body.clone();
     let (code, body) = curl(&node, &[&format!("{config}?token={token}")]);
     assert_eq!((code, body.contains("already used")), (403, true), "{body}");
 
@@ -158,7 +193,25 @@ fn script_token_config_report_reinstall() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "secret.issued").count(), 2);
+    let events = view["events"].as_array().unwrap();
+    let issued: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "secret.issued")
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        issued.iter().filter(|m| m.contains("boot token")).count(),
+        2,
+        "{issued:?}"
+    );
+    let served = issued
+        .iter()
+        .find(|m| m.starts_with("config with its secrets"))
+        .expect("the config's secrets are an event");
+    assert!(
+        served.contains("ca.key") && !served.contains("BEGIN"),
+        "{served}"
+    );
     assert!(kinds.contains(&"token.refused"), "{kinds:?}");
 
     // Installed nodes boot from disk.
@@ -224,6 +277,24 @@ fn script_token_config_report_reinstall() {
     ] {
         assert!(timeline.contains(step), "{step}: {timeline}");
     }
+    // A worker's config carries the cluster CA certificate and no private key at all.
+    let worker = lan.host("w1", Some("10.20.0.21/24"), Some("52:54:00:00:00:21"));
+    let (_, script) = curl(&worker, &[&format!("{BASE}/boot/52-54-00-00-00-21.ipxe")]);
+    let wtoken = token_of(&script);
+    let (code, body) = curl(
+        &worker,
+        &[&format!("{BASE}/config/52-54-00-00-00-21?token={wtoken}")],
+    );
+    assert_eq!(code, 200, "{body}");
+    let system = installed_files(&body);
+    assert!(system.contains("BEGIN CERTIFICATE"), "worker gets ca.crt");
+    assert!(
+        !system.contains("PRIVATE KEY"),
+        "worker config has a private key"
+    );
+    // ...while the control plane's carries the CA key.
+    assert!(installed_files(&cp_config).contains("PRIVATE KEY"));
+
     // A server that is not there is a clear error, not a hang.
     let (ok, out) = slipway_cli(&other, &["status", "--server", "http://10.20.0.2:9"]);
     assert!(!ok && out.contains("cannot reach slipway"), "{out}");

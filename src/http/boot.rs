@@ -229,14 +229,27 @@ pub async fn config(
     };
     // Render first: a template error must not spend the node's token. The installed
     // system reports `joined` with the same token, so it goes into the config.
-    let secrets = crate::render::NodeSecrets {
-        boot_token: token.clone(),
-        ..Default::default()
+    let secrets = match &app.pki {
+        Some(pki) => {
+            let pki = pki.read().unwrap_or_else(|e| e.into_inner());
+            crate::render::NodeSecrets::from_pki(&pki, &node, &token)
+        }
+        None => return error(StatusCode::SERVICE_UNAVAILABLE, "no cluster PKI loaded"),
     };
     let (text, mime) = match app.renderer().node_config(&plan, &node, &secrets) {
         Ok(v) => v,
         Err(e) => return internal("rendering the node config failed", e),
     };
+    // Names only, for the event: which secrets went to this node.
+    let mut names: Vec<&str> = vec!["bootstrap token"];
+    names.extend(
+        secrets
+            .pki_files
+            .iter()
+            .filter(|f| f.mode & 0o077 == 0)
+            .map(|f| f.path.as_str()),
+    );
+    let secret_list = names.join(", ");
     let app2 = app.clone();
     let hash = boot::hash_token(&token);
     let checked = blocking(move || -> Result<TokenCheck, crate::store::StoreError> {
@@ -251,6 +264,14 @@ pub async fn config(
                 NodeState::ConfigFetched,
                 "config served (token spent)",
                 true,
+            )?;
+            app2.store.append_event(
+                "secret.issued",
+                Some(&key),
+                &format!(
+                    "config with its secrets served to {}: {}",
+                    node.hostname, secret_list
+                ),
             )?;
         }
         Ok(check)

@@ -12,10 +12,11 @@ use crate::desc::OsProfile;
 use crate::plan::{NodePlan, Plan};
 
 pub mod bundle;
+pub mod cli;
 pub mod cloud;
 pub mod ignition;
 
-pub use bundle::{NodeSecrets, PkiFile};
+pub use bundle::NodeSecrets;
 
 pub const IPXE_INSTALL: &str = "ipxe/install.ipxe";
 pub const IPXE_LOCAL_DISK: &str = "ipxe/local-disk.ipxe";
