@@ -125,6 +125,8 @@ pub struct AssetsPlan {
     pub kubernetes_bin: String,
     /// NVIDIA container toolkit tarball (its binaries at the top) for GPU nodes.
     pub nvidia_toolkit: String,
+    /// Ubuntu's live-server ISO, which the netbooted installer loads into RAM.
+    pub ubuntu_iso: String,
 }
 
 /// Add-on images, pinned: taken from the description's `images:` list when it names them,
@@ -358,6 +360,10 @@ impl Plan {
                 ),
                 nvidia_toolkit: format!(
                     "{http_base}/assets/nvidia/nvidia-container-toolkit-amd64.tar.gz"
+                ),
+                ubuntu_iso: format!(
+                    "{http_base}/assets/os/ubuntu/{v}/amd64/ubuntu-{v}-live-server-amd64.iso",
+                    v = d.os.version.value
                 ),
             },
             addons: {

@@ -299,3 +299,48 @@ fn script_token_config_report_reinstall() {
     let (ok, out) = slipway_cli(&other, &["status", "--server", "http://10.20.0.2:9"]);
     assert!(!ok && out.contains("cannot reach slipway"), "{out}");
 }
+
+#[test]
+fn ubuntu_nocloud_user_data_once_per_token() {
+    if !netns_available() {
+        return;
+    }
+    let lan = Lan::new("nocloud");
+    let server = lan.host("srv", Some("10.20.0.2/24"), None);
+    let node = lan.host("cp1", Some("10.20.0.11/24"), Some(CP));
+    let desc = TestDesc::default()
+        .yaml()
+        .replace("profile: flatcar", "profile: ubuntu")
+        .replace("version: \"4081.2.0\"", "version: \"24.04\"");
+    let _slipway = Slipway::start(&server, &desc, &["--disable", "dhcp", "--disable", "dns"]);
+    let (code, script) = curl(&node, &[&format!("{BASE}/boot/52-54-00-00-00-11.ipxe")]);
+    assert_eq!(code, 200, "{script}");
+    let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+    let seed = kernel
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("ds=nocloud;s="))
+        .expect("NoCloud seed URL on the kernel line");
+    assert!(kernel.contains(" autoinstall "), "{kernel}");
+    let token = token_of(&script);
+    assert!(seed.ends_with(&format!("/{token}/")), "{seed}");
+
+    let (code, meta) = curl(&node, &[&format!("{seed}meta-data")]);
+    assert_eq!(code, 200, "{meta}");
+    assert!(meta.contains("local-hostname: cp-1"), "{meta}");
+    let (code, user) = curl(&node, &[&format!("{seed}user-data")]);
+    assert_eq!(code, 200, "{user}");
+    assert!(user.starts_with("#cloud-config\n"), "{user}");
+    let doc: serde_json::Value =
+        serde_json::from_str(user.trim_start_matches("#cloud-config\n")).unwrap();
+    assert_eq!(doc["autoinstall"]["version"], 1);
+    assert!(
+        user.contains("PRIVATE KEY"),
+        "control plane gets its CA key"
+    );
+    // Spent: a second fetch is refused; metadata still works for the installer's retries.
+    assert_eq!(curl(&node, &[&format!("{seed}user-data")]).0, 403);
+    assert_eq!(curl(&node, &[&format!("{seed}vendor-data")]).0, 200);
+    let wrong = seed.replace(&token, "0000");
+    assert_eq!(curl(&node, &[&format!("{wrong}meta-data")]).0, 403);
+    assert_eq!(curl(&node, &[&format!("{seed}../../etc/passwd")]).0, 404);
+}

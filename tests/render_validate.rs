@@ -202,6 +202,17 @@ fn ubuntu_cloud_config_validates_and_matches_snapshots() {
         if validator {
             let (ok, out) = validate(&["cloud-init", "schema", "--config-file"], &cc, ".yaml");
             assert!(ok, "{node}: cloud-init schema: {out}");
+            // The installed system's cloud-config inside the autoinstall, on its own.
+            let doc: serde_json::Value =
+                serde_json::from_str(cc.trim_start_matches("#cloud-config\n")).unwrap();
+            let inner = &doc["autoinstall"]["user-data"];
+            assert!(
+                inner["write_files"].as_array().unwrap().len() > 10,
+                "{node}"
+            );
+            let inner = format!("#cloud-config\n{inner}\n");
+            let (ok, out) = validate(&["cloud-init", "schema", "--config-file"], &inner, ".yaml");
+            assert!(ok, "{node}: installed system: cloud-init schema: {out}");
         }
         golden(&format!("ubuntu-{node}.yaml"), &cc);
     }

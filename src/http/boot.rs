@@ -220,12 +220,57 @@ pub async fn config(
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let plan = app.plan();
-    let Some(node) = parse_mac(&mac).and_then(|m| plan.node_by_mac(&m)).cloned() else {
-        return error(StatusCode::NOT_FOUND, "not found");
-    };
     let Some(token) = presented_token(q.token, &headers) else {
         return error(StatusCode::UNAUTHORIZED, "a boot token is required");
+    };
+    config_for(app, &mac, token).await
+}
+
+/// NoCloud for Ubuntu's autoinstall: `GET /nocloud/{mac}/{token}/user-data` is the node's
+/// config (spending the token, like `/config`); `meta-data` and `vendor-data` hold no
+/// secrets but still need the node's current token.
+pub async fn nocloud(
+    State(app): State<Arc<App>>,
+    Path((mac, token, file)): Path<(String, String, String)>,
+) -> Response {
+    match file.as_str() {
+        "user-data" => config_for(app, &mac, token).await,
+        "meta-data" | "vendor-data" => {
+            let plan = app.plan();
+            let Some(node) = parse_mac(&mac).and_then(|m| plan.node_by_mac(&m)).cloned() else {
+                return error(StatusCode::NOT_FOUND, "not found");
+            };
+            let app2 = app.clone();
+            let hash = boot::hash_token(&token);
+            let key = node.mac.to_string();
+            let checked = blocking(move || {
+                app2.store
+                    .use_boot_token(&key, &hash, TokenUse::Report, now_millis())
+            })
+            .await;
+            match checked {
+                Ok(Ok(TokenCheck::Valid(_))) => {
+                    let text = if file == "meta-data" {
+                        crate::render::cloud::meta_data(&node)
+                    } else {
+                        "#cloud-config\n{}\n".to_string()
+                    };
+                    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+                }
+                Ok(Ok(other)) => refused(&other),
+                Ok(Err(e)) => internal("state store unavailable", e),
+                Err(r) => r,
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// The node's config for a presented token: rendered, then the token spent.
+async fn config_for(app: Arc<App>, mac: &str, token: String) -> Response {
+    let plan = app.plan();
+    let Some(node) = parse_mac(mac).and_then(|m| plan.node_by_mac(&m)).cloned() else {
+        return error(StatusCode::NOT_FOUND, "not found");
     };
     // Render first: a template error must not spend the node's token. The installed
     // system reports `joined` with the same token, so it goes into the config.

@@ -29,6 +29,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/events", get(api::events))
         .route("/boot/{file}", get(boot::script))
         .route("/config/{mac}", get(boot::config))
+        .route("/nocloud/{mac}/{token}/{file}", get(boot::nocloud))
         .route("/report/{mac}", post(boot::report))
         .fallback(not_found)
         .layer(TraceLayer::new_for_http())

@@ -223,7 +223,7 @@ impl Renderer {
                 ))
             }
             OsProfile::Ubuntu => Ok((
-                cloud::to_cloud_config(plan, node, &system),
+                cloud::autoinstall(plan, node, &system, &secrets.boot_token, &report),
                 "text/cloud-config; charset=utf-8",
             )),
         }
