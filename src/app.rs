@@ -225,4 +225,23 @@ impl App {
         }
         Ok(())
     }
+
+    /// The machine with this MAC: its planned node, or under the `enroll-worker` policy a
+    /// worker made from its dynamic lease. Blocking (reads the store).
+    pub fn node_for_mac(
+        &self,
+        mac: &crate::desc::Mac,
+    ) -> Result<Option<crate::plan::NodePlan>, StoreError> {
+        let plan = self.plan();
+        if let Some(n) = plan.node_by_mac(mac) {
+            return Ok(Some(n.clone()));
+        }
+        if plan.network.unknown_machines != crate::desc::UnknownPolicy::EnrollWorker {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .get_lease(&mac.to_string())?
+            .map(|l| plan.enrolled_worker(*mac, l.hostname.as_deref(), l.ip)))
+    }
 }

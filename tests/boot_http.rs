@@ -344,3 +344,66 @@ fn ubuntu_nocloud_user_data_once_per_token() {
     assert_eq!(curl(&node, &[&format!("{wrong}meta-data")]).0, 403);
     assert_eq!(curl(&node, &[&format!("{seed}../../etc/passwd")]).0, 404);
 }
+
+#[test]
+fn enrolled_unknown_machine_installs_as_a_worker() {
+    if !netns_available() {
+        return;
+    }
+    let lan = Lan::new("enroll");
+    let server = lan.host("srv", Some("10.20.0.2/24"), None);
+    let stranger = lan.host("new", None, Some("52:54:00:77:00:01"));
+    let desc = TestDesc {
+        unknown_machines: "enroll-worker".into(),
+        pool: Some(("10.20.0.200".into(), "10.20.0.210".into())),
+        ..TestDesc::default()
+    }
+    .yaml();
+    let _slipway = Slipway::start(&server, &desc, &["--disable", "dns"]);
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("hook.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/24\" dev \"$interface\"\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    stranger.run(stranger.command("busybox").args([
+        "udhcpc",
+        "-i",
+        "eth0",
+        "-n",
+        "-q",
+        "-f",
+        "-t",
+        "5",
+        "-T",
+        "1",
+        "-x",
+        "hostname:rack2-n7",
+        "-s",
+        hook.to_str().unwrap(),
+    ]));
+    let (code, script) = curl(&stranger, &[&format!("{BASE}/boot/52-54-00-77-00-01.ipxe")]);
+    assert_eq!(code, 200, "{script}");
+    assert!(script.contains("slipway.node=rack2-n7"), "{script}");
+    let token = token_of(&script);
+    let (code, body) = curl(
+        &stranger,
+        &[&format!("{BASE}/config/52-54-00-77-00-01?token={token}")],
+    );
+    assert_eq!(code, 200, "{body}");
+    let system = installed_files(&body);
+    assert!(
+        system.contains("kind: JoinConfiguration"),
+        "joins as a worker"
+    );
+    assert!(!system.contains("PRIVATE KEY"));
+    let (code, body) = curl(
+        &stranger,
+        &[&format!("{BASE}/api/v1/nodes/52:54:00:77:00:01")],
+    );
+    assert_eq!(code, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["state"], "config-fetched", "{view}");
+}
