@@ -85,6 +85,9 @@ enum Command {
         /// Directory of template overrides (same names as the built-in templates/).
         #[arg(long, env = "SLIPWAY_TEMPLATES")]
         templates: Option<PathBuf>,
+        /// Key algorithm of newly issued certificates; existing CAs keep theirs.
+        #[arg(long, value_enum, default_value_t = slipway::pki::KeyAlgorithm::EcdsaP256)]
+        key_algorithm: slipway::pki::KeyAlgorithm,
     },
     /// Show every machine's lifecycle state, asked of the running `slipway serve`.
     Status {
@@ -283,6 +286,7 @@ fn main() -> ExitCode {
             images_dir,
             disable,
             templates,
+            key_algorithm,
         } => {
             init_logging(cli.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -303,6 +307,7 @@ fn main() -> ExitCode {
                 images_dir,
                 disable,
                 templates_dir: templates,
+                key_algorithm,
             };
             match runtime.block_on(slipway::serve::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -27,6 +27,8 @@ pub struct ServeOptions {
     pub disable: Vec<Service>,
     /// Operator overrides of the built-in templates (same relative names as `templates/`).
     pub templates_dir: Option<PathBuf>,
+    /// Key algorithm for newly issued certificates (existing CAs keep theirs).
+    pub key_algorithm: crate::pki::KeyAlgorithm,
 }
 
 /// The network services `serve` can run; each can be disabled with `--disable`.
@@ -109,11 +111,12 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         store.append_event("secret.issued", None, "admin token created")?;
     }
     let (pki_dir, pki_plan, pki_store) = (opts.state_dir.clone(), plan.clone(), store.clone());
+    let key_algorithm = opts.key_algorithm;
     let pki = tokio::task::spawn_blocking(move || -> Result<crate::pki::Pki> {
         let pki = crate::pki::Pki::load_or_init(
             &pki_dir,
             &pki_plan,
-            crate::pki::KeyAlgorithm::EcdsaP256,
+            key_algorithm,
         )?;
         crate::pki::record_issued(pki_store.as_ref(), pki.issued())?;
         Ok(pki)
