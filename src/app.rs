@@ -23,6 +23,8 @@ pub struct App {
     /// SHA-256 (hex) of the admin token that mutating API calls must present.
     pub admin_token_hash: Option<String>,
     pub loop_guard: crate::boot::LoopGuard,
+    /// The DHCP server's counters, once it runs (for /metrics).
+    pub dhcp_stats: std::sync::OnceLock<Arc<crate::dhcp::Stats>>,
     /// The cluster PKI (None only in tests that serve no configs).
     pub pki: Option<std::sync::RwLock<crate::pki::Pki>>,
     plan: ArcSwap<Plan>,
@@ -65,6 +67,7 @@ impl App {
             admin_token_hash: options.admin_token_hash,
             loop_guard: Default::default(),
             pki: options.pki.map(std::sync::RwLock::new),
+            dhcp_stats: std::sync::OnceLock::new(),
             plan: ArcSwap::from_pointee(plan),
             generation: AtomicU64::new(1),
             dynamic_hosts: ArcSwap::from_pointee(Vec::new()),

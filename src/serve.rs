@@ -113,11 +113,7 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
     let (pki_dir, pki_plan, pki_store) = (opts.state_dir.clone(), plan.clone(), store.clone());
     let key_algorithm = opts.key_algorithm;
     let pki = tokio::task::spawn_blocking(move || -> Result<crate::pki::Pki> {
-        let pki = crate::pki::Pki::load_or_init(
-            &pki_dir,
-            &pki_plan,
-            key_algorithm,
-        )?;
+        let pki = crate::pki::Pki::load_or_init(&pki_dir, &pki_plan, key_algorithm)?;
         crate::pki::record_issued(pki_store.as_ref(), pki.issued())?;
         Ok(pki)
     })
@@ -146,11 +142,11 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
             )
         })?;
         let boot = crate::dhcp::boot::BootFiles::scan(&opts.images_dir.join("ipxe"));
-        let app = app.clone();
-        let shutdown = shutdown.clone();
+        let (app2, shutdown) = (app.clone(), shutdown.clone());
         let handle =
-            tokio::task::spawn_blocking(move || crate::dhcp::spawn(sockets, app, boot, shutdown))
+            tokio::task::spawn_blocking(move || crate::dhcp::spawn(sockets, app2, boot, shutdown))
                 .await??;
+        let _ = app.dhcp_stats.set(handle.stats.clone());
         tracing::info!(%interface, mode = ?dhcp_mode, "DHCP serving");
         Some(handle)
     };
@@ -180,6 +176,7 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
     )?;
     tracing::info!(%http_addr, nodes, state_dir = %opts.state_dir.display(), "slipway serving");
 
+    crate::status::metrics::init();
     let http = tokio::spawn(crate::http::serve(
         listener,
         app.clone(),

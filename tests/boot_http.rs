@@ -295,6 +295,32 @@ fn script_token_config_report_reinstall() {
     // ...while the control plane's carries the CA key.
     assert!(installed_files(&cp_config).contains("PRIVATE KEY"));
 
+    // Prometheus metrics: nodes per state, requests by route and status.
+    let (code, metrics) = curl(&other, &[&format!("{BASE}/metrics")]);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("slipway_nodes{state=\"pxe\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("slipway_nodes{state=\"planned\"} 0"),
+        "{metrics}"
+    );
+    let boot_ok = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("slipway_http_requests_total")
+                && l.contains("route=\"/boot/{file}\"")
+                && l.contains("status=\"200\"")
+        })
+        .expect("boot script requests counted");
+    let n: f64 = boot_ok.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 4.0, "{boot_ok}");
+    assert!(
+        metrics.contains("slipway_http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+
     // A server that is not there is a clear error, not a hang.
     let (ok, out) = slipway_cli(&other, &["status", "--server", "http://10.20.0.2:9"]);
     assert!(!ok && out.contains("cannot reach slipway"), "{out}");
@@ -406,4 +432,13 @@ fn enrolled_unknown_machine_installs_as_a_worker() {
     assert_eq!(code, 200, "{body}");
     let view: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(view["state"], "config-fetched", "{view}");
+    let (_, metrics) = curl(&stranger, &[&format!("{BASE}/metrics")]);
+    assert!(
+        metrics.contains("slipway_dhcp_active_leases 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("slipway_dhcp_packets_total{direction=\"out\",type=\"ack\"} 1"),
+        "{metrics}"
+    );
 }

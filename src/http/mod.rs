@@ -31,7 +31,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/config/{mac}", get(boot::config))
         .route("/nocloud/{mac}/{token}/{file}", get(boot::nocloud))
         .route("/report/{mac}", post(boot::report))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(
+            crate::status::metrics::track_http,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(app)
 }
@@ -71,6 +75,20 @@ async fn plan(State(app): State<Arc<App>>) -> Response {
         Json(&*plan),
     )
         .into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    match tokio::task::spawn_blocking(move || crate::status::metrics::render(&app)).await {
+        Ok(Ok(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "state store unavailable"),
+    }
 }
 
 async fn not_found() -> Response {
