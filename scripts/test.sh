@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use (real clients and peers). Extend as suites grow.
-PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client busybox kea-admin openssl ignition cloud-init)
+PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client busybox kea-admin openssl ignition cloud-init chromium)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -28,6 +28,12 @@ fi
 if ! command -v kubernetes-validate >/dev/null 2>&1; then
   echo "test.sh: installing kubernetes-validate (pip)"
   python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+fi
+
+# playwright-core drives Debian's Chromium for the status-page test (no browser download).
+if [ ! -d tests/web/node_modules/playwright-core ]; then
+  echo "test.sh: installing playwright-core (npm)"
+  (cd tests/web && npm ci --no-audit --no-fund)
 fi
 
 for c in rustfmt clippy; do

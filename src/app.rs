@@ -23,6 +23,10 @@ pub struct App {
     /// SHA-256 (hex) of the admin token that mutating API calls must present.
     pub admin_token_hash: Option<String>,
     pub loop_guard: crate::boot::LoopGuard,
+    /// New events, for the status page's live stream (see status::feed).
+    pub feed: tokio::sync::broadcast::Sender<crate::store::Event>,
+    /// A node with no progress for this long is marked stuck on the page and in the API.
+    pub stuck_after_millis: u64,
     /// The DHCP server's counters, once it runs (for /metrics).
     pub dhcp_stats: std::sync::OnceLock<Arc<crate::dhcp::Stats>>,
     /// The cluster PKI (None only in tests that serve no configs).
@@ -35,8 +39,13 @@ pub struct App {
 }
 
 /// Settings of the running process that do not come from the description.
+/// Default for `--stuck-after`: an install step rarely takes longer than this.
+pub const DEFAULT_STUCK_AFTER_SECS: u64 = 30 * 60;
+
 #[derive(Default)]
 pub struct AppOptions {
+    /// `--stuck-after` in seconds (None: the default).
+    pub stuck_after_secs: Option<u64>,
     pub templates_dir: Option<PathBuf>,
     pub admin_token_hash: Option<String>,
     pub pki: Option<crate::pki::Pki>,
@@ -68,6 +77,8 @@ impl App {
             loop_guard: Default::default(),
             pki: options.pki.map(std::sync::RwLock::new),
             dhcp_stats: std::sync::OnceLock::new(),
+            feed: crate::status::feed::channel(),
+            stuck_after_millis: options.stuck_after_secs.unwrap_or(DEFAULT_STUCK_AFTER_SECS) * 1000,
             plan: ArcSwap::from_pointee(plan),
             generation: AtomicU64::new(1),
             dynamic_hosts: ArcSwap::from_pointee(Vec::new()),

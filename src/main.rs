@@ -88,6 +88,9 @@ enum Command {
         /// Key algorithm of newly issued certificates; existing CAs keep theirs.
         #[arg(long, value_enum, default_value_t = slipway::pki::KeyAlgorithm::EcdsaP256)]
         key_algorithm: slipway::pki::KeyAlgorithm,
+        /// Mark a node stuck after this long without progress (90s, 30m, 2h, 1d).
+        #[arg(long, value_parser = parse_duration)]
+        stuck_after: Option<std::time::Duration>,
     },
     /// Show every machine's lifecycle state, asked of the running `slipway serve`.
     Status {
@@ -234,6 +237,11 @@ fn run_pki(command: PkiCommand) -> ExitCode {
     }
 }
 
+/// Durations as in the description (90s, 30m, 12h, 1d).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    desc::types::parse_duration_secs(s).map(std::time::Duration::from_secs)
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -287,6 +295,7 @@ fn main() -> ExitCode {
             disable,
             templates,
             key_algorithm,
+            stuck_after,
         } => {
             init_logging(cli.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -308,6 +317,7 @@ fn main() -> ExitCode {
                 disable,
                 templates_dir: templates,
                 key_algorithm,
+                stuck_after,
             };
             match runtime.block_on(slipway::serve::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,

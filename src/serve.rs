@@ -29,6 +29,8 @@ pub struct ServeOptions {
     pub templates_dir: Option<PathBuf>,
     /// Key algorithm for newly issued certificates (existing CAs keep theirs).
     pub key_algorithm: crate::pki::KeyAlgorithm,
+    /// A node without progress for this long is shown as stuck.
+    pub stuck_after: Option<Duration>,
 }
 
 /// The network services `serve` can run; each can be disabled with `--disable`.
@@ -127,6 +129,7 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
             templates_dir: opts.templates_dir.clone(),
             admin_token_hash: Some(crate::boot::hash_token(&admin_token)),
             pki: Some(pki),
+            stuck_after_secs: opts.stuck_after.map(|d| d.as_secs()),
         },
     )
     .context("loading templates")?;
@@ -177,6 +180,10 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
     tracing::info!(%http_addr, nodes, state_dir = %opts.state_dir.display(), "slipway serving");
 
     crate::status::metrics::init();
+    let feed = tokio::spawn(crate::status::feed::follow(
+        app.clone(),
+        shutdown.clone().wait(),
+    ));
     let http = tokio::spawn(crate::http::serve(
         listener,
         app.clone(),
@@ -210,6 +217,7 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         let _ = tokio::task::spawn_blocking(move || dhcp.join()).await;
         tracing::info!(?stats, "DHCP stopped");
     }
+    let _ = feed.await;
     let _ = store.append_event("serve.stopped", None, "clean shutdown");
     tracing::info!("slipway stopped");
     Ok(())
