@@ -326,3 +326,39 @@ pub async fn forget(
         Err(r) => r,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(state: NodeState, updated_at: Option<u64>) -> NodeView {
+        NodeView {
+            name: None,
+            mac: "52:54:00:00:00:01".into(),
+            ip: None,
+            role: None,
+            gpu: None,
+            state,
+            detail: None,
+            updated_at,
+            stuck: false,
+            history: vec![],
+            events: vec![],
+        }
+    }
+
+    #[test]
+    fn only_nodes_on_their_way_get_stuck() {
+        let mut v = vec![
+            view(NodeState::Booting, Some(0)),
+            view(NodeState::Installing, Some(9_500)),
+            view(NodeState::Joined, Some(0)),
+            view(NodeState::Failed, Some(0)),
+            view(NodeState::Planned, None),
+            view(NodeState::Installed, Some(1_000)),
+        ];
+        mark_stuck(&mut v, 10_000, 5_000);
+        let stuck: Vec<bool> = v.iter().map(|n| n.stuck).collect();
+        assert_eq!(stuck, [true, false, false, false, false, true]);
+    }
+}
