@@ -101,6 +101,9 @@ enum Command {
         node: Option<String>,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// Redraw every 2 seconds until interrupted.
+        #[arg(short, long)]
+        watch: bool,
     },
     /// Print what a node gets (iPXE script, Ignition, cloud-config, manifests); secrets are
     /// redacted unless --show-secrets.
@@ -331,33 +334,41 @@ fn main() -> ExitCode {
             remote,
             node,
             output,
+            watch,
         } => {
             let base = match remote.base() {
                 Ok(b) => b,
                 Err(code) => return code,
             };
             run_client(async move {
-                let now = slipway::store::now_millis();
-                match (node, output) {
-                    (Some(id), Output::Table) => {
-                        print!("{}", client::timeline(&client::node(&base, &id).await?))
-                    }
-                    (Some(id), Output::Json) => println!(
-                        "{}",
-                        serde_json::to_string_pretty(&client::node(&base, &id).await?)?
-                    ),
-                    (None, Output::Table) => {
-                        print!(
-                            "{}",
+                loop {
+                    let now = slipway::store::now_millis();
+                    let text = match (&node, output) {
+                        (Some(id), Output::Table) => {
+                            client::timeline(&client::node(&base, id).await?)
+                        }
+                        (Some(id), Output::Json) => format!(
+                            "{}\n",
+                            serde_json::to_string_pretty(&client::node(&base, id).await?)?
+                        ),
+                        (None, Output::Table) => {
                             client::status_table(&client::nodes(&base).await?, now)
-                        )
+                        }
+                        (None, Output::Json) => format!(
+                            "{}\n",
+                            serde_json::to_string_pretty(&client::nodes(&base).await?)?
+                        ),
+                    };
+                    if !watch {
+                        print!("{text}");
+                        return Ok(());
                     }
-                    (None, Output::Json) => println!(
-                        "{}",
-                        serde_json::to_string_pretty(&client::nodes(&base).await?)?
-                    ),
+                    // Clear the screen and redraw from the top.
+                    print!("\x1b[2J\x1b[H{base}  {}\n\n{text}", client::format_millis(now));
+                    use std::io::Write as _;
+                    std::io::stdout().flush()?;
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 }
-                Ok(())
             })
         }
         Command::Node {
