@@ -212,7 +212,13 @@ mod tests {
         let t = status_table(std::slice::from_ref(&n), 75_000);
         let line = t.lines().nth(1).unwrap();
         assert!(line.starts_with("cp-1"), "{t}");
-        for cell in ["control-plane", "booting (stuck)", "1m05s", "kernel", "10.0.0.11"] {
+        for cell in [
+            "control-plane",
+            "booting (stuck)",
+            "1m05s",
+            "kernel",
+            "10.0.0.11",
+        ] {
             assert!(line.contains(cell), "{cell} missing: {t}");
         }
         assert!(t.contains("1 nodes: 1 booting"), "{t}");

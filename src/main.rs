@@ -364,7 +364,10 @@ fn main() -> ExitCode {
                         return Ok(());
                     }
                     // Clear the screen and redraw from the top.
-                    print!("\x1b[2J\x1b[H{base}  {}\n\n{text}", client::format_millis(now));
+                    print!(
+                        "\x1b[2J\x1b[H{base}  {}\n\n{text}",
+                        client::format_millis(now)
+                    );
                     use std::io::Write as _;
                     std::io::stdout().flush()?;
                     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
