@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use (real clients and peers). Extend as suites grow.
 PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client busybox-static kea-admin openssl
-  qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf radvd cpio)
+  ignition cloud-init chromium qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf radvd cpio)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -31,6 +31,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     extra=(--allow-downgrades "qemu-utils=$qv")
   fi
   apt-get install -y -qq --no-install-recommends "${extra[@]}" ${missing[@]} >/dev/null
+fi
+
+# kubernetes-validate (PyPI) checks the rendered manifests offline.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "test.sh: installing kubernetes-validate (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+fi
+
+# playwright-core drives Debian's Chromium for the status-page test (no browser download).
+if [ ! -d tests/web/node_modules/playwright-core ]; then
+  echo "test.sh: installing playwright-core (npm)"
+  (cd tests/web && npm ci --no-audit --no-fund)
 fi
 
 for c in rustfmt clippy; do

@@ -23,6 +23,14 @@ pub struct App {
     /// SHA-256 (hex) of the admin token that mutating API calls must present.
     pub admin_token_hash: Option<String>,
     pub loop_guard: crate::boot::LoopGuard,
+    /// New events, for the status page's live stream (see status::feed).
+    pub feed: tokio::sync::broadcast::Sender<crate::store::Event>,
+    /// A node with no progress for this long is marked stuck on the page and in the API.
+    pub stuck_after_millis: u64,
+    /// The DHCP server's counters, once it runs (for /metrics).
+    pub dhcp_stats: std::sync::OnceLock<Arc<crate::dhcp::Stats>>,
+    /// The cluster PKI (None only in tests that serve no configs).
+    pub pki: Option<std::sync::RwLock<crate::pki::Pki>>,
     plan: ArcSwap<Plan>,
     generation: AtomicU64,
     /// Machines with dynamic leases (hostname, address), published by DHCP for DNS.
@@ -31,10 +39,16 @@ pub struct App {
 }
 
 /// Settings of the running process that do not come from the description.
-#[derive(Debug, Clone, Default)]
+/// Default for `--stuck-after`: an install step rarely takes longer than this.
+pub const DEFAULT_STUCK_AFTER_SECS: u64 = 30 * 60;
+
+#[derive(Default)]
 pub struct AppOptions {
+    /// `--stuck-after` in seconds (None: the default).
+    pub stuck_after_secs: Option<u64>,
     pub templates_dir: Option<PathBuf>,
     pub admin_token_hash: Option<String>,
+    pub pki: Option<crate::pki::Pki>,
 }
 
 /// What a successful reload changed, for the log and the event record.
@@ -61,6 +75,10 @@ impl App {
             renderer: ArcSwap::from_pointee(renderer),
             admin_token_hash: options.admin_token_hash,
             loop_guard: Default::default(),
+            pki: options.pki.map(std::sync::RwLock::new),
+            dhcp_stats: std::sync::OnceLock::new(),
+            feed: crate::status::feed::channel(),
+            stuck_after_millis: options.stuck_after_secs.unwrap_or(DEFAULT_STUCK_AFTER_SECS) * 1000,
             plan: ArcSwap::from_pointee(plan),
             generation: AtomicU64::new(1),
             dynamic_hosts: ArcSwap::from_pointee(Vec::new()),
@@ -136,6 +154,21 @@ impl App {
         {
             needs_restart.push("bootstrapper.ports");
         }
+        // Certificates follow the plan (a new control-plane node needs its etcd certificates
+        // and a SAN on the apiserver's); CAs never change.
+        if let Some(pki) = &self.pki {
+            let mut pki = pki.write().unwrap_or_else(|e| e.into_inner());
+            match pki.refresh(&new) {
+                Ok(issued) => {
+                    if let Err(e) = crate::pki::record_issued(self.store.as_ref(), &issued) {
+                        tracing::warn!(error = %e, "could not record issued certificates");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "certificates not refreshed for the new plan")
+                }
+            }
+        }
         let nodes = new.nodes.len();
         self.plan.store(Arc::new(new));
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
@@ -205,5 +238,24 @@ impl App {
             result?;
         }
         Ok(())
+    }
+
+    /// The machine with this MAC: its planned node, or under the `enroll-worker` policy a
+    /// worker made from its dynamic lease. Blocking (reads the store).
+    pub fn node_for_mac(
+        &self,
+        mac: &crate::desc::Mac,
+    ) -> Result<Option<crate::plan::NodePlan>, StoreError> {
+        let plan = self.plan();
+        if let Some(n) = plan.node_by_mac(mac) {
+            return Ok(Some(n.clone()));
+        }
+        if plan.network.unknown_machines != crate::desc::UnknownPolicy::EnrollWorker {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .get_lease(&mac.to_string())?
+            .map(|l| plan.enrolled_worker(*mac, l.hostname.as_deref(), l.ip)))
     }
 }

@@ -87,7 +87,16 @@ pub fn install_kernel_args(plan: &Plan, node: &NodePlan, token: &str) -> Vec<Str
             args.push(format!("ignition.config.url={config}"));
         }
         OsProfile::Ubuntu => {
+            // casper fetches the live ISO, then autoinstall reads NoCloud from Slipway.
             args.push("ip=dhcp".to_string());
+            args.push(format!("url={}", plan.assets.ubuntu_iso));
+            args.push("autoinstall".to_string());
+            args.push(format!(
+                "ds=nocloud;s={}/nocloud/{}/{token}/",
+                plan.bootstrapper.http_base,
+                node.mac.url_form()
+            ));
+            args.push("cloud-config-url=/dev/null".to_string());
         }
     }
     args.push(format!("slipway.config={config}"));

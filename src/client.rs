@@ -88,7 +88,11 @@ pub fn status_table(nodes: &[NodeView], now_ms: u64) -> String {
             n.ip.map_or_else(|| "-".into(), |ip| ip.to_string()),
             enum_str(&n.role),
             enum_str(&n.gpu),
-            n.state.to_string(),
+            if n.stuck {
+                format!("{} (stuck)", n.state)
+            } else {
+                n.state.to_string()
+            },
             age(now_ms, n.updated_at),
             n.detail.clone().unwrap_or_default(),
         ]);
@@ -190,6 +194,7 @@ mod tests {
             state: NodeState::Booting,
             detail: Some("kernel".into()),
             updated_at: Some(10_000),
+            stuck: true,
             history: vec![
                 Transition {
                     state: NodeState::Discovered,
@@ -207,7 +212,13 @@ mod tests {
         let t = status_table(std::slice::from_ref(&n), 75_000);
         let line = t.lines().nth(1).unwrap();
         assert!(line.starts_with("cp-1"), "{t}");
-        for cell in ["control-plane", "booting", "1m05s", "kernel", "10.0.0.11"] {
+        for cell in [
+            "control-plane",
+            "booting (stuck)",
+            "1m05s",
+            "kernel",
+            "10.0.0.11",
+        ] {
             assert!(line.contains(cell), "{cell} missing: {t}");
         }
         assert!(t.contains("1 nodes: 1 booting"), "{t}");

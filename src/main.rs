@@ -85,6 +85,12 @@ enum Command {
         /// Directory of template overrides (same names as the built-in templates/).
         #[arg(long, env = "SLIPWAY_TEMPLATES")]
         templates: Option<PathBuf>,
+        /// Key algorithm of newly issued certificates; existing CAs keep theirs.
+        #[arg(long, value_enum, default_value_t = slipway::pki::KeyAlgorithm::EcdsaP256)]
+        key_algorithm: slipway::pki::KeyAlgorithm,
+        /// Mark a node stuck after this long without progress (90s, 30m, 2h, 1d).
+        #[arg(long, value_parser = parse_duration)]
+        stuck_after: Option<std::time::Duration>,
     },
     /// Show every machine's lifecycle state, asked of the running `slipway serve`.
     Status {
@@ -95,6 +101,33 @@ enum Command {
         node: Option<String>,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// Redraw every 2 seconds until interrupted.
+        #[arg(short, long)]
+        watch: bool,
+    },
+    /// Print what a node gets (iPXE script, Ignition, cloud-config, manifests); secrets are
+    /// redacted unless --show-secrets.
+    Render {
+        #[arg(
+            short,
+            long,
+            default_value = "cluster-desc.yaml",
+            env = "SLIPWAY_CONFIG"
+        )]
+        config: PathBuf,
+        /// For the cluster PKI (created there if missing, as `serve` would).
+        #[arg(long, default_value = "/var/lib/slipway", env = "SLIPWAY_STATE_DIR")]
+        state_dir: PathBuf,
+        #[arg(long, env = "SLIPWAY_TEMPLATES")]
+        templates: Option<PathBuf>,
+        /// Node name.
+        #[arg(long)]
+        node: String,
+        #[arg(long, value_enum)]
+        what: slipway::render::cli::What,
+        /// Print private keys and tokens instead of REDACTED.
+        #[arg(long)]
+        show_secrets: bool,
     },
     /// Operator actions on one node.
     Node {
@@ -207,6 +240,11 @@ fn run_pki(command: PkiCommand) -> ExitCode {
     }
 }
 
+/// Durations as in the description (90s, 30m, 12h, 1d).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    desc::types::parse_duration_secs(s).map(std::time::Duration::from_secs)
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -259,6 +297,8 @@ fn main() -> ExitCode {
             images_dir,
             disable,
             templates,
+            key_algorithm,
+            stuck_after,
         } => {
             init_logging(cli.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -279,6 +319,8 @@ fn main() -> ExitCode {
                 images_dir,
                 disable,
                 templates_dir: templates,
+                key_algorithm,
+                stuck_after,
             };
             match runtime.block_on(slipway::serve::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -292,33 +334,44 @@ fn main() -> ExitCode {
             remote,
             node,
             output,
+            watch,
         } => {
             let base = match remote.base() {
                 Ok(b) => b,
                 Err(code) => return code,
             };
             run_client(async move {
-                let now = slipway::store::now_millis();
-                match (node, output) {
-                    (Some(id), Output::Table) => {
-                        print!("{}", client::timeline(&client::node(&base, &id).await?))
-                    }
-                    (Some(id), Output::Json) => println!(
-                        "{}",
-                        serde_json::to_string_pretty(&client::node(&base, &id).await?)?
-                    ),
-                    (None, Output::Table) => {
-                        print!(
-                            "{}",
+                loop {
+                    let now = slipway::store::now_millis();
+                    let text = match (&node, output) {
+                        (Some(id), Output::Table) => {
+                            client::timeline(&client::node(&base, id).await?)
+                        }
+                        (Some(id), Output::Json) => format!(
+                            "{}\n",
+                            serde_json::to_string_pretty(&client::node(&base, id).await?)?
+                        ),
+                        (None, Output::Table) => {
                             client::status_table(&client::nodes(&base).await?, now)
-                        )
+                        }
+                        (None, Output::Json) => format!(
+                            "{}\n",
+                            serde_json::to_string_pretty(&client::nodes(&base).await?)?
+                        ),
+                    };
+                    if !watch {
+                        print!("{text}");
+                        return Ok(());
                     }
-                    (None, Output::Json) => println!(
-                        "{}",
-                        serde_json::to_string_pretty(&client::nodes(&base).await?)?
-                    ),
+                    // Clear the screen and redraw from the top.
+                    print!(
+                        "\x1b[2J\x1b[H{base}  {}\n\n{text}",
+                        client::format_millis(now)
+                    );
+                    use std::io::Write as _;
+                    std::io::stdout().flush()?;
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 }
-                Ok(())
             })
         }
         Command::Node {
@@ -354,6 +407,36 @@ fn main() -> ExitCode {
             })
         }
         Command::Pki { command } => run_pki(command),
+        Command::Render {
+            config,
+            state_dir,
+            templates,
+            node,
+            what,
+            show_secrets,
+        } => {
+            let plan = match load_or_report(&config) {
+                Ok(d) => Plan::from_desc(&d),
+                Err(code) => return code,
+            };
+            match slipway::render::cli::render(
+                &plan,
+                &state_dir,
+                templates.as_deref(),
+                &node,
+                what,
+                show_secrets,
+            ) {
+                Ok(text) => {
+                    println!("{}", text.trim_end());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

@@ -90,6 +90,8 @@ pub struct OsPlan {
     pub kernel_args: Vec<String>,
     pub timezone: String,
     pub ssh_authorized_keys: Vec<String>,
+    /// Default install disk (nodes may override theirs).
+    pub install_disk: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,6 +127,11 @@ pub struct AssetsPlan {
     pub kubernetes_bin: String,
     /// NVIDIA container toolkit tarball (its binaries at the top) for GPU nodes.
     pub nvidia_toolkit: String,
+    /// Ubuntu's live-server ISO, which the netbooted installer loads into RAM.
+    pub ubuntu_iso: String,
+    /// The profile's PXE kernel and initrd.
+    pub kernel: String,
+    pub initrd: String,
 }
 
 /// Add-on images, pinned: taken from the description's `images:` list when it names them,
@@ -334,6 +341,7 @@ impl Plan {
                     .iter()
                     .map(|a| a.value.clone())
                     .collect(),
+                install_disk: d.os.install_disk.value.clone(),
             },
             registry: RegistryPlan {
                 upstreams: d
@@ -358,6 +366,12 @@ impl Plan {
                 ),
                 nvidia_toolkit: format!(
                     "{http_base}/assets/nvidia/nvidia-container-toolkit-amd64.tar.gz"
+                ),
+                kernel: format!("{http_base}/{kernel}"),
+                initrd: format!("{http_base}/{initrd}"),
+                ubuntu_iso: format!(
+                    "{http_base}/assets/os/ubuntu/{v}/amd64/ubuntu-{v}-live-server-amd64.iso",
+                    v = d.os.version.value
                 ),
             },
             addons: {
@@ -394,6 +408,35 @@ impl Plan {
 
     pub fn node_by_ip(&self, ip: Ipv4Addr) -> Option<&NodePlan> {
         self.by_ip.get(&ip).map(|&i| &self.nodes[i])
+    }
+
+    /// A machine that is not in the description but holds a dynamic lease, under the
+    /// `enroll-worker` policy: a plain worker with the leased address and the name it asked
+    /// for (or one made from its MAC), installed to the default disk.
+    pub fn enrolled_worker(&self, mac: Mac, hostname: Option<&str>, ip: Ipv4Addr) -> NodePlan {
+        let hostname = hostname
+            .filter(|h| desc::types::check_label(h).is_ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("node-{}", mac.url_form().replace('-', "")));
+        let base = &self.bootstrapper.http_base;
+        NodePlan {
+            mac,
+            fqdn: fqdn(&hostname, &self.cluster.domain),
+            hostname,
+            ip,
+            role: Role::Worker,
+            gpu: Gpu::None,
+            init: false,
+            install_disk: self.os.install_disk.clone(),
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            boot: BootUrls {
+                ipxe_script: format!("{base}/boot/{}.ipxe", mac.url_form()),
+                config: format!("{base}/config/{}", mac.url_form()),
+                kernel: self.assets.kernel.clone(),
+                initrd: self.assets.initrd.clone(),
+            },
+        }
     }
 
     /// A human-readable table of the nodes, for `slipway plan`.

@@ -27,6 +27,10 @@ pub struct ServeOptions {
     pub disable: Vec<Service>,
     /// Operator overrides of the built-in templates (same relative names as `templates/`).
     pub templates_dir: Option<PathBuf>,
+    /// Key algorithm for newly issued certificates (existing CAs keep theirs).
+    pub key_algorithm: crate::pki::KeyAlgorithm,
+    /// A node without progress for this long is shown as stuck.
+    pub stuck_after: Option<Duration>,
 }
 
 /// The network services `serve` can run; each can be disabled with `--disable`.
@@ -108,6 +112,15 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         );
         store.append_event("secret.issued", None, "admin token created")?;
     }
+    let (pki_dir, pki_plan, pki_store) = (opts.state_dir.clone(), plan.clone(), store.clone());
+    let key_algorithm = opts.key_algorithm;
+    let pki = tokio::task::spawn_blocking(move || -> Result<crate::pki::Pki> {
+        let pki = crate::pki::Pki::load_or_init(&pki_dir, &pki_plan, key_algorithm)?;
+        crate::pki::record_issued(pki_store.as_ref(), pki.issued())?;
+        Ok(pki)
+    })
+    .await?
+    .context("loading the cluster PKI")?;
     let app = App::new(
         opts.config.clone(),
         plan,
@@ -115,6 +128,8 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         AppOptions {
             templates_dir: opts.templates_dir.clone(),
             admin_token_hash: Some(crate::boot::hash_token(&admin_token)),
+            pki: Some(pki),
+            stuck_after_secs: opts.stuck_after.map(|d| d.as_secs()),
         },
     )
     .context("loading templates")?;
@@ -130,11 +145,11 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
             )
         })?;
         let boot = crate::dhcp::boot::BootFiles::scan(&opts.images_dir.join("ipxe"));
-        let app = app.clone();
-        let shutdown = shutdown.clone();
+        let (app2, shutdown) = (app.clone(), shutdown.clone());
         let handle =
-            tokio::task::spawn_blocking(move || crate::dhcp::spawn(sockets, app, boot, shutdown))
+            tokio::task::spawn_blocking(move || crate::dhcp::spawn(sockets, app2, boot, shutdown))
                 .await??;
+        let _ = app.dhcp_stats.set(handle.stats.clone());
         tracing::info!(%interface, mode = ?dhcp_mode, "DHCP serving");
         Some(handle)
     };
@@ -164,6 +179,11 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
     )?;
     tracing::info!(%http_addr, nodes, state_dir = %opts.state_dir.display(), "slipway serving");
 
+    crate::status::metrics::init();
+    let feed = tokio::spawn(crate::status::feed::follow(
+        app.clone(),
+        shutdown.clone().wait(),
+    ));
     let http = tokio::spawn(crate::http::serve(
         listener,
         app.clone(),
@@ -197,6 +217,7 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         let _ = tokio::task::spawn_blocking(move || dhcp.join()).await;
         tracing::info!(?stats, "DHCP stopped");
     }
+    let _ = feed.await;
     let _ = store.append_event("serve.stopped", None, "clean shutdown");
     tracing::info!("slipway stopped");
     Ok(())

@@ -40,6 +40,40 @@ fn token_of(script: &str) -> String {
         .to_string()
 }
 
+/// Every inline file of the installed system inside a live-installer Ignition, decoded and
+/// concatenated.
+fn installed_files(live: &str) -> String {
+    use base64::Engine as _;
+    let decode = |src: &str| {
+        src.strip_prefix("data:;base64,")
+            .map(|b| base64::engine::general_purpose::STANDARD.decode(b).unwrap())
+            .unwrap_or_default()
+    };
+    let files = |ign: &serde_json::Value| -> Vec<(String, Vec<u8>)> {
+        ign["storage"]["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["path"].as_str().unwrap().to_string(),
+                    decode(f["contents"]["source"].as_str().unwrap()),
+                )
+            })
+            .collect()
+    };
+    let live: serde_json::Value = serde_json::from_str(live).unwrap();
+    let (_, node_ign) = files(&live)
+        .into_iter()
+        .find(|(p, _)| p == "/opt/slipway/node.ign")
+        .expect("node.ign");
+    let system: serde_json::Value = serde_json::from_slice(&node_ign).unwrap();
+    files(&system)
+        .into_iter()
+        .map(|(_, b)| String::from_utf8_lossy(&b).into_owned())
+        .collect()
+}
+
 fn slipway_cli(host: &Host, args: &[&str]) -> (bool, String) {
     let out = host
         .command(env!("CARGO_BIN_EXE_slipway"))
@@ -116,6 +150,7 @@ fn script_token_config_report_reinstall() {
     assert_eq!(code, 200, "{body}");
     let ign: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ign["ignition"]["version"], "3.3.0");
+    let cp_config = body.clone();
     let (code, body) = curl(&node, &[&format!("{config}?token={token}")]);
     assert_eq!((code, body.contains("already used")), (403, true), "{body}");
 
@@ -158,7 +193,25 @@ fn script_token_config_report_reinstall() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "secret.issued").count(), 2);
+    let events = view["events"].as_array().unwrap();
+    let issued: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "secret.issued")
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        issued.iter().filter(|m| m.contains("boot token")).count(),
+        2,
+        "{issued:?}"
+    );
+    let served = issued
+        .iter()
+        .find(|m| m.starts_with("config with its secrets"))
+        .expect("the config's secrets are an event");
+    assert!(
+        served.contains("ca.key") && !served.contains("BEGIN"),
+        "{served}"
+    );
     assert!(kinds.contains(&"token.refused"), "{kinds:?}");
 
     // Installed nodes boot from disk.
@@ -224,7 +277,168 @@ fn script_token_config_report_reinstall() {
     ] {
         assert!(timeline.contains(step), "{step}: {timeline}");
     }
+    // A worker's config carries the cluster CA certificate and no private key at all.
+    let worker = lan.host("w1", Some("10.20.0.21/24"), Some("52:54:00:00:00:21"));
+    let (_, script) = curl(&worker, &[&format!("{BASE}/boot/52-54-00-00-00-21.ipxe")]);
+    let wtoken = token_of(&script);
+    let (code, body) = curl(
+        &worker,
+        &[&format!("{BASE}/config/52-54-00-00-00-21?token={wtoken}")],
+    );
+    assert_eq!(code, 200, "{body}");
+    let system = installed_files(&body);
+    assert!(system.contains("BEGIN CERTIFICATE"), "worker gets ca.crt");
+    assert!(
+        !system.contains("PRIVATE KEY"),
+        "worker config has a private key"
+    );
+    // ...while the control plane's carries the CA key.
+    assert!(installed_files(&cp_config).contains("PRIVATE KEY"));
+
+    // Prometheus metrics: nodes per state, requests by route and status.
+    let (code, metrics) = curl(&other, &[&format!("{BASE}/metrics")]);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("slipway_nodes{state=\"pxe\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("slipway_nodes{state=\"planned\"} 0"),
+        "{metrics}"
+    );
+    let boot_ok = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("slipway_http_requests_total")
+                && l.contains("route=\"/boot/{file}\"")
+                && l.contains("status=\"200\"")
+        })
+        .expect("boot script requests counted");
+    let n: f64 = boot_ok.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 4.0, "{boot_ok}");
+    assert!(
+        metrics.contains("slipway_http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+
     // A server that is not there is a clear error, not a hang.
     let (ok, out) = slipway_cli(&other, &["status", "--server", "http://10.20.0.2:9"]);
     assert!(!ok && out.contains("cannot reach slipway"), "{out}");
+}
+
+#[test]
+fn ubuntu_nocloud_user_data_once_per_token() {
+    if !netns_available() {
+        return;
+    }
+    let lan = Lan::new("nocloud");
+    let server = lan.host("srv", Some("10.20.0.2/24"), None);
+    let node = lan.host("cp1", Some("10.20.0.11/24"), Some(CP));
+    let desc = TestDesc::default()
+        .yaml()
+        .replace("profile: flatcar", "profile: ubuntu")
+        .replace("version: \"4081.2.0\"", "version: \"24.04\"");
+    let _slipway = Slipway::start(&server, &desc, &["--disable", "dhcp", "--disable", "dns"]);
+    let (code, script) = curl(&node, &[&format!("{BASE}/boot/52-54-00-00-00-11.ipxe")]);
+    assert_eq!(code, 200, "{script}");
+    let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+    let seed = kernel
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("ds=nocloud;s="))
+        .expect("NoCloud seed URL on the kernel line");
+    assert!(kernel.contains(" autoinstall "), "{kernel}");
+    let token = token_of(&script);
+    assert!(seed.ends_with(&format!("/{token}/")), "{seed}");
+
+    let (code, meta) = curl(&node, &[&format!("{seed}meta-data")]);
+    assert_eq!(code, 200, "{meta}");
+    assert!(meta.contains("local-hostname: cp-1"), "{meta}");
+    let (code, user) = curl(&node, &[&format!("{seed}user-data")]);
+    assert_eq!(code, 200, "{user}");
+    assert!(user.starts_with("#cloud-config\n"), "{user}");
+    let doc: serde_json::Value =
+        serde_json::from_str(user.trim_start_matches("#cloud-config\n")).unwrap();
+    assert_eq!(doc["autoinstall"]["version"], 1);
+    assert!(
+        user.contains("PRIVATE KEY"),
+        "control plane gets its CA key"
+    );
+    // Spent: a second fetch is refused; metadata still works for the installer's retries.
+    assert_eq!(curl(&node, &[&format!("{seed}user-data")]).0, 403);
+    assert_eq!(curl(&node, &[&format!("{seed}vendor-data")]).0, 200);
+    let wrong = seed.replace(&token, "0000");
+    assert_eq!(curl(&node, &[&format!("{wrong}meta-data")]).0, 403);
+    assert_eq!(curl(&node, &[&format!("{seed}../../etc/passwd")]).0, 404);
+}
+
+#[test]
+fn enrolled_unknown_machine_installs_as_a_worker() {
+    if !netns_available() {
+        return;
+    }
+    let lan = Lan::new("enroll");
+    let server = lan.host("srv", Some("10.20.0.2/24"), None);
+    let stranger = lan.host("new", None, Some("52:54:00:77:00:01"));
+    let desc = TestDesc {
+        unknown_machines: "enroll-worker".into(),
+        pool: Some(("10.20.0.200".into(), "10.20.0.210".into())),
+        ..TestDesc::default()
+    }
+    .yaml();
+    let _slipway = Slipway::start(&server, &desc, &["--disable", "dns"]);
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("hook.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/24\" dev \"$interface\"\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    stranger.run(stranger.command("busybox").args([
+        "udhcpc",
+        "-i",
+        "eth0",
+        "-n",
+        "-q",
+        "-f",
+        "-t",
+        "5",
+        "-T",
+        "1",
+        "-x",
+        "hostname:rack2-n7",
+        "-s",
+        hook.to_str().unwrap(),
+    ]));
+    let (code, script) = curl(&stranger, &[&format!("{BASE}/boot/52-54-00-77-00-01.ipxe")]);
+    assert_eq!(code, 200, "{script}");
+    assert!(script.contains("slipway.node=rack2-n7"), "{script}");
+    let token = token_of(&script);
+    let (code, body) = curl(
+        &stranger,
+        &[&format!("{BASE}/config/52-54-00-77-00-01?token={token}")],
+    );
+    assert_eq!(code, 200, "{body}");
+    let system = installed_files(&body);
+    assert!(
+        system.contains("kind: JoinConfiguration"),
+        "joins as a worker"
+    );
+    assert!(!system.contains("PRIVATE KEY"));
+    let (code, body) = curl(
+        &stranger,
+        &[&format!("{BASE}/api/v1/nodes/52:54:00:77:00:01")],
+    );
+    assert_eq!(code, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["state"], "config-fetched", "{view}");
+    let (_, metrics) = curl(&stranger, &[&format!("{BASE}/metrics")]);
+    assert!(
+        metrics.contains("slipway_dhcp_active_leases 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("slipway_dhcp_packets_total{direction=\"out\",type=\"ack\"} 1"),
+        "{metrics}"
+    );
 }

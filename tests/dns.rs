@@ -467,3 +467,76 @@ fn request_path_survives_200k_random_and_mutated_packets() {
     );
     assert!(slipway::dns::METRICS.malformed() >= drops);
 }
+
+/// A machine that leases an address with a hostname becomes resolvable by that name (and
+/// its address by PTR) through Slipway's DNS: DHCP and DNS in one process, real clients.
+#[test]
+fn a_dhcp_lease_makes_its_hostname_resolvable() {
+    if !netns_available() {
+        return;
+    }
+    assert!(
+        have("dig") && have("busybox"),
+        "scripts/test.sh installs dig and busybox"
+    );
+    let lan = Lan::new("dhcpdns");
+    let srv = lan.host("srv", Some("10.20.0.2/24"), None);
+    let cli = lan.host("cli", Some("10.20.0.50/24"), None);
+    let laptop = lan.host("laptop", None, Some("52:54:00:66:00:01"));
+    let d = TestDesc {
+        unknown_machines: "enroll-worker".into(),
+        pool: Some(("10.20.0.200".into(), "10.20.0.210".into())),
+        ..TestDesc::default()
+    };
+    let mut slipway = Slipway::start(&srv, &d.yaml(), &[]);
+    slipway_dns_ready(&slipway);
+    let name = "rack9-n3.lab.test";
+    assert_eq!(
+        dig(&cli, SERVER, &["+short", name]).trim(),
+        "",
+        "not leased yet"
+    );
+    let out = laptop
+        .command("busybox")
+        .args([
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "5",
+            "-T",
+            "1",
+            "-x",
+            "hostname:rack9-n3",
+            "-s",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The lease is published to DNS asynchronously; give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = loop {
+        let a = dig(&cli, SERVER, &["+short", name]).trim().to_string();
+        if !a.is_empty() {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never resolved: {:?}",
+            slipway.drain_logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let ip: std::net::Ipv4Addr = addr.parse().unwrap();
+    assert!((200..=210).contains(&ip.octets()[3]), "{ip} from the pool");
+    let ptr = dig(&cli, SERVER, &["+short", "-x", &addr]);
+    assert_eq!(ptr.trim(), format!("{name}."));
+}

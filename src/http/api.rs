@@ -77,6 +77,9 @@ pub struct NodeView {
     pub detail: Option<String>,
     /// Unix milliseconds of the last transition (None: never seen).
     pub updated_at: Option<u64>,
+    /// In progress but without a step for longer than `--stuck-after`.
+    #[serde(default)]
+    pub stuck: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Transition>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -101,6 +104,7 @@ pub fn node_views(plan: &Plan, records: Vec<NodeRecord>, with_history: bool) -> 
                 state: rec.as_ref().map_or(NodeState::Planned, |r| r.state),
                 detail: rec.as_ref().and_then(|r| r.detail.clone()),
                 updated_at: rec.as_ref().map(|r| r.updated_at),
+                stuck: false,
                 history: rec
                     .filter(|_| with_history)
                     .map(|r| r.history)
@@ -118,10 +122,25 @@ pub fn node_views(plan: &Plan, records: Vec<NodeRecord>, with_history: bool) -> 
         state: r.state,
         detail: r.detail.clone(),
         updated_at: Some(r.updated_at),
+        stuck: false,
         history: if with_history { r.history } else { Vec::new() },
         events: Vec::new(),
     }));
     out
+}
+
+/// Marks nodes that are on their way (not planned, joined or failed) but made no step for
+/// `after_ms`: the page highlights them for the operator.
+pub fn mark_stuck(views: &mut [NodeView], now_ms: u64, after_ms: u64) {
+    for v in views {
+        let waiting = !matches!(
+            v.state,
+            NodeState::Planned | NodeState::Joined | NodeState::Failed
+        );
+        v.stuck = waiting
+            && v.updated_at
+                .is_some_and(|t| now_ms.saturating_sub(t) > after_ms);
+    }
 }
 
 fn store_error(e: impl std::fmt::Display) -> Response {
@@ -144,7 +163,11 @@ pub async fn nodes(State(app): State<Arc<App>>) -> Response {
     let plan = app.plan();
     let store = app.store.clone();
     match blocking(move || store.nodes()).await {
-        Ok(records) => Json(node_views(&plan, records, false)).into_response(),
+        Ok(records) => {
+            let mut views = node_views(&plan, records, false);
+            mark_stuck(&mut views, now_millis(), app.stuck_after_millis);
+            Json(views).into_response()
+        }
         Err(r) => r,
     }
 }
@@ -190,6 +213,11 @@ pub async fn node(State(app): State<Arc<App>>, Path(id): Path<String>) -> Respon
         return error(StatusCode::NOT_FOUND, "no such node");
     };
     view.events = events;
+    mark_stuck(
+        std::slice::from_mut(&mut view),
+        now_millis(),
+        app.stuck_after_millis,
+    );
     Json(view).into_response()
 }
 
@@ -261,5 +289,76 @@ pub async fn reinstall(
         )
             .into_response(),
         Err(r) => r,
+    }
+}
+
+/// `POST /api/v1/nodes/{name-or-mac}/forget` (admin): drops the machine's lifecycle record
+/// and boot token, as if it had never booted (its planned entry, if any, stays). Its DHCP
+/// lease is kept until it expires: the machine may still be using the address.
+pub async fn forget(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refusal) = refuse_unless_admin(&app, &headers) {
+        return refusal;
+    }
+    let plan = app.plan();
+    let Some(mac) = find(&plan, &id) else {
+        return error(StatusCode::NOT_FOUND, "no such node");
+    };
+    let app2 = app.clone();
+    let m = mac.clone();
+    let done = blocking(move || {
+        let had_record = app2.store.delete_node(&m)?;
+        let had_token = app2.store.revoke_boot_token(&m)?;
+        app2.loop_guard.clear(&m);
+        app2.store
+            .append_event("node.forgotten", Some(&m), "forgotten by the operator")?;
+        Ok(had_record || had_token)
+    })
+    .await;
+    match done {
+        Ok(true) => {
+            Json(serde_json::json!({"node": id, "mac": mac, "forgotten": true})).into_response()
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, "nothing recorded for this node"),
+        Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(state: NodeState, updated_at: Option<u64>) -> NodeView {
+        NodeView {
+            name: None,
+            mac: "52:54:00:00:00:01".into(),
+            ip: None,
+            role: None,
+            gpu: None,
+            state,
+            detail: None,
+            updated_at,
+            stuck: false,
+            history: vec![],
+            events: vec![],
+        }
+    }
+
+    #[test]
+    fn only_nodes_on_their_way_get_stuck() {
+        let mut v = vec![
+            view(NodeState::Booting, Some(0)),
+            view(NodeState::Installing, Some(9_500)),
+            view(NodeState::Joined, Some(0)),
+            view(NodeState::Failed, Some(0)),
+            view(NodeState::Planned, None),
+            view(NodeState::Installed, Some(1_000)),
+        ];
+        mark_stuck(&mut v, 10_000, 5_000);
+        let stuck: Vec<bool> = v.iter().map(|n| n.stuck).collect();
+        assert_eq!(stuck, [true, false, false, false, false, true]);
     }
 }

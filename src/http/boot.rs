@@ -55,6 +55,19 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| internal("internal error", e))
 }
 
+/// The machine a URL's MAC names (see [`App::node_for_mac`]); `Err` is the reply.
+async fn find_node(app: &Arc<App>, mac: &str) -> Result<NodePlan, Response> {
+    let Some(mac) = parse_mac(mac) else {
+        return Err(error(StatusCode::NOT_FOUND, "not found"));
+    };
+    let app2 = app.clone();
+    match blocking(move || app2.node_for_mac(&mac)).await? {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err(error(StatusCode::NOT_FOUND, "not found")),
+        Err(e) => Err(internal("state store unavailable", e)),
+    }
+}
+
 /// `GET /boot/{mac}.ipxe`. The install script carries a fresh token, so it is only handed
 /// to the machine itself: the request must come from the node's planned address or the
 /// address leased to that MAC.
@@ -67,8 +80,9 @@ pub async fn script(
         return error(StatusCode::NOT_FOUND, "not found");
     };
     let plan = app.plan();
-    let Some(node) = plan.node_by_mac(&mac).cloned() else {
-        return unknown_machine(&app, &plan, mac);
+    let node = match find_node(&app, &mac.to_string()).await {
+        Ok(n) => n,
+        Err(_) => return unknown_machine(&app, &plan, mac),
     };
     let peer_ip = peer_v4(peer);
     let app2 = app.clone();
@@ -174,8 +188,8 @@ async fn install(app: Arc<App>, node: NodePlan, state: Option<NodeState>) -> Res
     }
 }
 
-/// A MAC that is not in the description. With `enroll-worker` it got a dynamic lease and is
-/// told to wait (approval comes with the operator API); otherwise there is nothing here.
+/// A MAC that is not in the description and holds no lease. With `enroll-worker` it is told
+/// to ask again (its DHCP lease makes it a worker); otherwise there is nothing here.
 fn unknown_machine(app: &App, plan: &crate::plan::Plan, mac: Mac) -> Response {
     if plan.network.unknown_machines != UnknownPolicy::EnrollWorker {
         return error(StatusCode::NOT_FOUND, "not found");
@@ -185,7 +199,7 @@ fn unknown_machine(app: &App, plan: &crate::plan::Plan, mac: Mac) -> Response {
         plan.bootstrapper.http_base,
         mac.url_form()
     );
-    let msg = format!("machine {mac} is not in the cluster description; waiting for approval");
+    let msg = format!("machine {mac} is not in the cluster description and has no lease yet");
     match app.renderer().hold_script(&url, &msg, 60) {
         Ok(t) => ipxe(t),
         Err(e) => internal("rendering the boot script failed", e),
@@ -220,23 +234,82 @@ pub async fn config(
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let plan = app.plan();
-    let Some(node) = parse_mac(&mac).and_then(|m| plan.node_by_mac(&m)).cloned() else {
-        return error(StatusCode::NOT_FOUND, "not found");
-    };
     let Some(token) = presented_token(q.token, &headers) else {
         return error(StatusCode::UNAUTHORIZED, "a boot token is required");
     };
+    config_for(app, &mac, token).await
+}
+
+/// NoCloud for Ubuntu's autoinstall: `GET /nocloud/{mac}/{token}/user-data` is the node's
+/// config (spending the token, like `/config`); `meta-data` and `vendor-data` hold no
+/// secrets but still need the node's current token.
+pub async fn nocloud(
+    State(app): State<Arc<App>>,
+    Path((mac, token, file)): Path<(String, String, String)>,
+) -> Response {
+    match file.as_str() {
+        "user-data" => config_for(app, &mac, token).await,
+        "meta-data" | "vendor-data" => {
+            let node = match find_node(&app, &mac).await {
+                Ok(n) => n,
+                Err(r) => return r,
+            };
+            let app2 = app.clone();
+            let hash = boot::hash_token(&token);
+            let key = node.mac.to_string();
+            let checked = blocking(move || {
+                app2.store
+                    .use_boot_token(&key, &hash, TokenUse::Report, now_millis())
+            })
+            .await;
+            match checked {
+                Ok(Ok(TokenCheck::Valid(_))) => {
+                    let text = if file == "meta-data" {
+                        crate::render::cloud::meta_data(&node)
+                    } else {
+                        "#cloud-config\n{}\n".to_string()
+                    };
+                    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+                }
+                Ok(Ok(other)) => refused(&other),
+                Ok(Err(e)) => internal("state store unavailable", e),
+                Err(r) => r,
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// The node's config for a presented token: rendered, then the token spent.
+async fn config_for(app: Arc<App>, mac: &str, token: String) -> Response {
+    let plan = app.plan();
+    let node = match find_node(&app, mac).await {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
     // Render first: a template error must not spend the node's token. The installed
     // system reports `joined` with the same token, so it goes into the config.
-    let secrets = crate::render::NodeSecrets {
-        boot_token: token.clone(),
-        ..Default::default()
+    let secrets = match &app.pki {
+        Some(pki) => {
+            let pki = pki.read().unwrap_or_else(|e| e.into_inner());
+            crate::render::NodeSecrets::from_pki(&pki, &node, &token)
+        }
+        None => return error(StatusCode::SERVICE_UNAVAILABLE, "no cluster PKI loaded"),
     };
     let (text, mime) = match app.renderer().node_config(&plan, &node, &secrets) {
         Ok(v) => v,
         Err(e) => return internal("rendering the node config failed", e),
     };
+    // Names only, for the event: which secrets went to this node.
+    let mut names: Vec<&str> = vec!["bootstrap token"];
+    names.extend(
+        secrets
+            .pki_files
+            .iter()
+            .filter(|f| f.mode & 0o077 == 0)
+            .map(|f| f.path.as_str()),
+    );
+    let secret_list = names.join(", ");
     let app2 = app.clone();
     let hash = boot::hash_token(&token);
     let checked = blocking(move || -> Result<TokenCheck, crate::store::StoreError> {
@@ -251,6 +324,14 @@ pub async fn config(
                 NodeState::ConfigFetched,
                 "config served (token spent)",
                 true,
+            )?;
+            app2.store.append_event(
+                "secret.issued",
+                Some(&key),
+                &format!(
+                    "config with its secrets served to {}: {}",
+                    node.hostname, secret_list
+                ),
             )?;
         }
         Ok(check)
@@ -286,9 +367,9 @@ pub async fn report(
     headers: HeaderMap,
     Form(r): Form<Report>,
 ) -> Response {
-    let plan = app.plan();
-    let Some(node) = parse_mac(&mac).and_then(|m| plan.node_by_mac(&m)).cloned() else {
-        return error(StatusCode::NOT_FOUND, "not found");
+    let node = match find_node(&app, &mac).await {
+        Ok(n) => n,
+        Err(r) => return r,
     };
     let state = match r.state.as_str() {
         "installing" => NodeState::Installing,

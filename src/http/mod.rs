@@ -2,6 +2,7 @@
 //! assets. It takes an already-bound listener and a shutdown signal, so tests and `serve`
 //! decide where it listens.
 
+pub mod access;
 pub mod api;
 pub mod boot;
 
@@ -20,19 +21,48 @@ use tower_http::trace::TraceLayer;
 use crate::app::App;
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
+    use crate::status::{feed, page};
+    // Read-only status: open to the cluster's networks, elsewhere the admin token.
+    let status = Router::new()
+        .route("/", get(page::index))
+        .route("/ui/app.js", get(page::app_js))
+        .route("/ui/style.css", get(page::style))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/plan", get(plan))
+        .route("/api/v1/summary", get(page::summary))
         .route("/api/v1/nodes", get(api::nodes))
         .route("/api/v1/nodes/{id}", get(api::node))
-        .route("/api/v1/nodes/{id}/reinstall", post(api::reinstall))
         .route("/api/v1/events", get(api::events))
+        .route("/api/v1/stream", get(feed::stream))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            access::read_access,
+        ));
+    Router::new()
+        .merge(status)
+        .route("/healthz", get(healthz))
+        .route("/api/v1/nodes/{id}/reinstall", post(api::reinstall))
+        .route("/api/v1/nodes/{id}/forget", post(api::forget))
         .route("/boot/{file}", get(boot::script))
         .route("/config/{mac}", get(boot::config))
+        .route("/nocloud/{mac}/{token}/{file}", get(boot::nocloud))
         .route("/report/{mac}", post(boot::report))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(
+            crate::status::metrics::track_http,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(app)
+}
+
+/// The API's OpenAPI 3 description.
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
 }
 
 pub async fn serve(
@@ -70,6 +100,20 @@ async fn plan(State(app): State<Arc<App>>) -> Response {
         Json(&*plan),
     )
         .into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    match tokio::task::spawn_blocking(move || crate::status::metrics::render(&app)).await {
+        Ok(Ok(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "state store unavailable"),
+    }
 }
 
 async fn not_found() -> Response {

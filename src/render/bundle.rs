@@ -10,25 +10,35 @@ use super::{RenderError, Renderer};
 use crate::desc::{Gpu, Role};
 use crate::plan::{NodePlan, Plan};
 
-/// Per-node secrets the caller (the PKI) supplies. A worker's `pki_files` never hold a CA
-/// private key; see [`NodeSecrets::for_role`].
+/// Per-node secrets the caller supplies from the PKI ([`crate::pki::Pki::node_files`] gives
+/// a worker no CA private key).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NodeSecrets {
     /// The node's boot token: the installed system reports `joined` with it.
     pub boot_token: String,
     /// kubeadm bootstrap token `[a-z0-9]{6}.[a-z0-9]{16}`.
     pub bootstrap_token: String,
+    /// What is left of the bootstrap token's life, as a Go duration (`"86000s"`).
+    pub bootstrap_token_ttl: String,
     /// `sha256:<hex>` of the cluster CA's SubjectPublicKeyInfo.
     pub ca_cert_hash: String,
-    /// Files under /etc/kubernetes/pki (relative path, PEM, is-private-key).
-    pub pki_files: Vec<PkiFile>,
+    /// Files under /etc/kubernetes/pki. Never in the template context.
+    #[serde(skip)]
+    pub pki_files: Vec<crate::pki::NodeFile>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct PkiFile {
-    pub path: String,
-    pub pem: String,
-    pub private: bool,
+impl NodeSecrets {
+    /// The node's secrets from the cluster PKI, with its boot token.
+    pub fn from_pki(pki: &crate::pki::Pki, node: &NodePlan, boot_token: &str) -> NodeSecrets {
+        let bt = pki.bootstrap_token();
+        NodeSecrets {
+            boot_token: boot_token.to_string(),
+            bootstrap_token: bt.token.clone(),
+            bootstrap_token_ttl: bt.remaining_ttl(crate::store::now_secs()),
+            ca_cert_hash: pki.ca_cert_hash(),
+            pki_files: pki.node_files(node),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +104,6 @@ fn node_context(plan: &Plan, node: &NodePlan, secrets: &NodeSecrets, report_url:
     ctx.insert("assets", &plan.assets);
     ctx.insert("addons", &plan.addons);
     ctx.insert("service_dns_domain", SERVICE_DNS_DOMAIN);
-    ctx.insert("bootstrap_token_ttl", "24h0m0s");
     let minor: u32 = plan
         .cluster
         .kubernetes_version
@@ -250,11 +259,10 @@ pub fn installed_system(
         });
     }
     for f in &secrets.pki_files {
-        let mode = if f.private { 0o600 } else { 0o644 };
         b.file(
             &format!("/etc/kubernetes/pki/{}", f.path),
-            mode,
-            f.pem.clone(),
+            f.mode,
+            f.contents.clone(),
         );
     }
     if node.init {

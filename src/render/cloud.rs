@@ -1,12 +1,15 @@
-//! Bundle -> cloud-config (Ubuntu). Written as JSON after the `#cloud-config` line: JSON is
-//! YAML, and serde_json escapes every string correctly.
+//! Bundle -> cloud-config (Ubuntu): the NoCloud `user-data` is an autoinstall document
+//! (Subiquity installs to the node's disk) whose `user-data` section is the installed
+//! system's cloud-config with the cluster content. Written as JSON after the
+//! `#cloud-config` line: JSON is YAML, and serde_json escapes every string correctly.
 
 use serde_json::{Value, json};
 
 use super::bundle::{Bundle, Contents};
 use crate::plan::{NodePlan, Plan};
 
-pub fn to_cloud_config(plan: &Plan, node: &NodePlan, b: &Bundle) -> String {
+/// The installed system's cloud-config (as a value, to nest inside the autoinstall).
+pub fn installed_system(plan: &Plan, node: &NodePlan, b: &Bundle) -> Value {
     let mut write_files: Vec<Value> = Vec::new();
     let mut runcmd: Vec<Value> = Vec::new();
     for f in &b.files {
@@ -58,7 +61,7 @@ pub fn to_cloud_config(plan: &Plan, node: &NodePlan, b: &Bundle) -> String {
             runcmd.push(json!(["systemctl", "enable", "--now", u.name]));
         }
     }
-    let doc = json!({
+    json!({
         "hostname": node.hostname,
         "fqdn": node.fqdn,
         "timezone": plan.os.timezone,
@@ -67,9 +70,66 @@ pub fn to_cloud_config(plan: &Plan, node: &NodePlan, b: &Bundle) -> String {
         "packages": ["containerd", "conntrack", "socat", "curl"],
         "write_files": write_files,
         "runcmd": runcmd,
+    })
+}
+
+/// A shell command that reports `state` to Slipway with the node's token.
+fn report_cmd(report_url: &str, token: &str, state: &str, message: &str) -> Value {
+    json!([
+        "curl",
+        "-fsS",
+        "-m",
+        "20",
+        "--retry",
+        "5",
+        "--data-urlencode",
+        format!("token={token}"),
+        "--data-urlencode",
+        format!("state={state}"),
+        "--data-urlencode",
+        format!("message={message}"),
+        report_url
+    ])
+}
+
+/// NoCloud `user-data`: the autoinstall that writes Ubuntu to the node's disk, reports
+/// `installing`/`installed`, and hands the installed system its cloud-config.
+pub fn autoinstall(
+    plan: &Plan,
+    node: &NodePlan,
+    b: &Bundle,
+    boot_token: &str,
+    report_url: &str,
+) -> String {
+    let doc = json!({
+        "autoinstall": {
+            "version": 1,
+            "storage": { "layout": { "name": "direct", "match": { "path": node.install_disk } } },
+            "ssh": {
+                "install-server": true,
+                "allow-pw": false,
+                "authorized-keys": b.ssh_keys,
+            },
+            "timezone": plan.os.timezone,
+            "early-commands": [report_cmd(report_url, boot_token, "installing",
+                &format!("autoinstall of Ubuntu {} to {}", plan.os.version, node.install_disk))],
+            "late-commands": [report_cmd(report_url, boot_token, "installed",
+                &format!("Ubuntu {} on {}", plan.os.version, node.install_disk))],
+            "user-data": installed_system(plan, node, b),
+            "shutdown": "reboot",
+        }
     });
     format!(
         "#cloud-config\n{}\n",
         serde_json::to_string_pretty(&doc).expect("JSON values serialize")
+    )
+}
+
+/// NoCloud `meta-data`: a stable instance id per node and install.
+pub fn meta_data(node: &NodePlan) -> String {
+    format!(
+        "instance-id: slipway-{}\nlocal-hostname: {}\n",
+        node.mac.url_form(),
+        node.hostname
     )
 }

@@ -12,10 +12,11 @@ use crate::desc::OsProfile;
 use crate::plan::{NodePlan, Plan};
 
 pub mod bundle;
+pub mod cli;
 pub mod cloud;
 pub mod ignition;
 
-pub use bundle::{NodeSecrets, PkiFile};
+pub use bundle::NodeSecrets;
 
 pub const IPXE_INSTALL: &str = "ipxe/install.ipxe";
 pub const IPXE_LOCAL_DISK: &str = "ipxe/local-disk.ipxe";
@@ -222,7 +223,7 @@ impl Renderer {
                 ))
             }
             OsProfile::Ubuntu => Ok((
-                cloud::to_cloud_config(plan, node, &system),
+                cloud::autoinstall(plan, node, &system, &secrets.boot_token, &report),
                 "text/cloud-config; charset=utf-8",
             )),
         }

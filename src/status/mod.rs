@@ -1,6 +1,10 @@
 //! Node lifecycle: the states a machine goes through from power-on to a joined Kubernetes
 //! node. The store persists them; the servers (DHCP, TFTP, HTTP) report the transitions.
 
+pub mod feed;
+pub mod metrics;
+pub mod page;
+
 use serde::{Deserialize, Serialize};
 
 /// Lifecycle states in the order a healthy install passes them.
