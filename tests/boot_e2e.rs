@@ -308,7 +308,12 @@ fn assert_guest_installed(vm: &mut Vm, node: &TestNode) -> Duration {
             .any(|m| m.ends_with("resolved slipway.lab.test=10.20.0.2 via 10.20.0.2")),
         "the bootstrapper name did not resolve through Slipway's DNS: {marks:?}"
     );
-    for step in ["config fetched", "reported installing", "INSTALLED"] {
+    for step in [
+        "bytes (ignition)",
+        "second config fetch refused",
+        "reported installing",
+        "INSTALLED",
+    ] {
         assert!(
             marks.iter().any(|m| m.contains(step)),
             "the guest never got to `{step}`: {marks:?}"

@@ -273,7 +273,12 @@ say "resolved $BOOTSTRAPPER=$GOT via ${DNS%% *}"
 timeout 30 wget -q -O /tmp/config "$CONFIG" || fail "config fetch failed"
 SIZE=$(wc -c </tmp/config)
 [ "$SIZE" -gt 0 ] || fail "config is empty"
-say "config fetched: $SIZE bytes"
+KIND=other
+grep -q '"ignition"' /tmp/config && KIND=ignition
+say "config fetched: $SIZE bytes ($KIND)"
+# The token opens the config once.
+timeout 30 wget -q -O /tmp/config2 "$CONFIG" 2>/dev/null && fail "the config was served twice for one token"
+say "second config fetch refused"
 report installing "fetched config of $SIZE bytes" || fail "report installing failed"
 say "reported installing"
 report installed "installed by the e2e initramfs" || fail "report installed failed"
