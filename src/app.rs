@@ -309,7 +309,7 @@ impl App {
                 (m.clone(), ok)
             })
             .collect();
-        v.sort_by(|a, b| b.0.last_seen.cmp(&a.0.last_seen));
+        v.sort_by_key(|m| std::cmp::Reverse(m.0.last_seen));
         v
     }
 }

@@ -41,15 +41,15 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn note(&mut self, mac: Mac, client_class: Option<&str>, now: u64) -> Seen {
-        if !self.machines.contains_key(&mac) && self.machines.len() >= MAX_TRACKED {
-            if let Some(oldest) = self
+        if !self.machines.contains_key(&mac)
+            && self.machines.len() >= MAX_TRACKED
+            && let Some(oldest) = self
                 .machines
                 .iter()
                 .min_by_key(|(_, m)| m.last_seen)
                 .map(|(k, _)| *k)
-            {
-                self.machines.remove(&oldest);
-            }
+        {
+            self.machines.remove(&oldest);
         }
         let m = self.machines.entry(mac).or_insert_with(|| UnknownMachine {
             mac: mac.to_string(),
