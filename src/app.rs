@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::desc::{self, Diagnostics};
+use crate::http::files::Files;
 use crate::plan::Plan;
 use crate::status::NodeState;
 use crate::store::{Op, Store, StoreError};
@@ -16,6 +17,8 @@ use crate::store::{Op, Store, StoreError};
 pub struct App {
     pub config_path: PathBuf,
     pub store: Arc<dyn Store>,
+    /// Boot assets served over HTTP (`/assets/`, `/ipxe/`) and their counters.
+    pub files: Files,
     plan: ArcSwap<Plan>,
     generation: AtomicU64,
     /// Machines with dynamic leases (hostname, address), published by DHCP for DNS.
@@ -33,10 +36,16 @@ pub struct Reloaded {
 }
 
 impl App {
-    pub fn new(config_path: PathBuf, plan: Plan, store: Arc<dyn Store>) -> Arc<App> {
+    pub fn new(
+        config_path: PathBuf,
+        plan: Plan,
+        store: Arc<dyn Store>,
+        images_dir: PathBuf,
+    ) -> Arc<App> {
         Arc::new(App {
             config_path,
             store,
+            files: Files::new(images_dir),
             plan: ArcSwap::from_pointee(plan),
             generation: AtomicU64::new(1),
             dynamic_hosts: ArcSwap::from_pointee(Vec::new()),

@@ -91,7 +91,12 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         plan.bootstrapper.interface.clone(),
         plan.bootstrapper.address,
     );
-    let app = App::new(opts.config.clone(), plan, store.clone());
+    let app = App::new(
+        opts.config.clone(),
+        plan,
+        store.clone(),
+        opts.images_dir.clone(),
+    );
     let (stop_tx, shutdown) = Shutdown::new();
 
     let dhcp = if dhcp_mode == desc::DhcpMode::Off || opts.disable.contains(&Service::Dhcp) {

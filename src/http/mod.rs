@@ -2,7 +2,10 @@
 //! assets. It takes an already-bound listener and a shutdown signal, so tests and `serve`
 //! decide where it listens.
 
+pub mod files;
+
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -19,6 +22,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/plan", get(plan))
+        .merge(files::routes())
         .fallback(not_found)
         .layer(TraceLayer::new_for_http())
         .with_state(app)
@@ -29,7 +33,9 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
+    // Connection info: handlers need the peer address (lifecycle records, boot scripts).
+    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await
 }
