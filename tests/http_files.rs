@@ -363,3 +363,39 @@ fn stop(mut s: Slipway, needle: &str) -> tempfile::TempDir {
     }
     s.dir
 }
+
+#[test]
+fn a_file_truncated_while_served_fails_that_download_only() {
+    if !need(&["curl"]) {
+        return;
+    }
+    let (_lan, _srv, cli, slipway) = lan("hftrunc", "10.20.0.50");
+    let images = slipway.dir.path().join("images");
+    let len = 64 * 1024 * 1024;
+    put(&images, "os/big", &pattern(len));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("partial");
+    // A slow reader: most of the file is still to be sent when it shrinks.
+    let mut slow = cli
+        .command("curl")
+        .args(["-sS", "--limit-rate", "4M", "-o"])
+        .arg(&out)
+        .arg(format!("{BASE}/assets/os/big"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(images.join("os/big"))
+        .unwrap();
+    f.set_len(1024 * 1024).unwrap();
+    let status = slow.wait().unwrap();
+    assert!(!status.success(), "a short transfer must not look complete");
+    let got = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    assert!(got < len as u64, "got {got} bytes");
+    // The server lives on and serves the file as it now is.
+    assert!(slipway.is_running());
+    let r = curl(&cli, "/healthz", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(curl(&cli, "/assets/os/big", &[]).body.len(), 1024 * 1024);
+}

@@ -24,6 +24,65 @@ use tokio::task::JoinHandle;
 
 use super::Stats;
 
+const MMAP: bool = true;
+
+/// A read-only, populated mapping of `len` bytes of `file` at `offset`, as `Bytes`.
+fn map(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
+    use std::os::fd::AsRawFd;
+    let page = 4096u64;
+    let aligned = offset & !(page - 1);
+    let skip = (offset - aligned) as usize;
+    let map_len = len + skip;
+    // SAFETY: a fresh read-only shared mapping; nothing else aliases it mutably.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            map_len,
+            libc::PROT_READ,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            file.as_raw_fd(),
+            aligned as libc::off_t,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let m = Mapping {
+        ptr: ptr.cast(),
+        map_len,
+        skip,
+        len,
+    };
+    if file.metadata()?.len() < offset + len as u64 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(Bytes::from_owner(m))
+}
+
+struct Mapping {
+    ptr: *mut u8,
+    map_len: usize,
+    skip: usize,
+    len: usize,
+}
+// SAFETY: the mapping is read-only and owned; it is unmapped once, on drop.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: ptr..ptr+map_len is mapped for the life of self.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(self.skip), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: exactly the region mmap returned.
+        unsafe { libc::munmap(self.ptr.cast(), self.map_len) };
+    }
+}
+
 /// Bytes per read (and per body frame).
 pub const CHUNK: usize = 1 << 20;
 
@@ -38,7 +97,7 @@ pub struct FileBody {
     /// Bytes not yet handed out as frames.
     remaining: u64,
     chunk: usize,
-    reading: Option<JoinHandle<io::Result<BytesMut>>>,
+    reading: Option<JoinHandle<io::Result<Bytes>>>,
     sent: VecDeque<Bytes>,
     stats: Arc<Stats>,
 }
@@ -83,15 +142,19 @@ impl FileBody {
 
     fn start_read(&mut self) {
         let len = (self.end - self.next).min(self.chunk as u64) as usize;
-        let mut buf = self.buffer(len);
         let (file, offset) = (self.file.clone(), self.next);
         self.next += len as u64;
+        if MMAP {
+            self.reading = Some(tokio::task::spawn_blocking(move || map(&file, offset, len)));
+            return;
+        }
+        let mut buf = self.buffer(len);
         self.reading = Some(tokio::task::spawn_blocking(move || {
             // A file that shrank after its length was sent cannot be completed: the error
             // aborts the connection, so the client sees a short transfer, never wrong bytes
             // presented as whole.
             file.read_exact_at(&mut buf, offset)?;
-            Ok(buf)
+            Ok(buf.freeze())
         }));
     }
 }
@@ -115,7 +178,7 @@ impl http_body::Body for FileBody {
         let done = ready!(Pin::new(reading).poll(cx));
         this.reading = None;
         let buf = match done {
-            Ok(Ok(buf)) => buf.freeze(),
+            Ok(Ok(buf)) => buf,
             Ok(Err(e)) => return Poll::Ready(Some(Err(e))),
             Err(e) => return Poll::Ready(Some(Err(io::Error::other(e)))),
         };
