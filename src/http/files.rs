@@ -11,6 +11,7 @@
 //! fetch to `pxe`.
 
 mod body;
+mod map;
 pub mod rules;
 
 use std::fs::File;
@@ -117,7 +118,7 @@ async fn serve(State(app): State<Arc<App>>, family: Family, req: Request) -> Res
         Ok(r) => r,
         Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read file"),
     };
-    let (file, len, validators) = match opened {
+    let (file, meta, validators) = match opened {
         Ok(Some(found)) => found,
         Ok(None) => return error(StatusCode::NOT_FOUND, "not found"),
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
@@ -129,7 +130,12 @@ async fn serve(State(app): State<Arc<App>>, family: Family, req: Request) -> Res
         }
     };
     let head = req.method() == Method::HEAD;
-    let (res, body_range) = respond(req.headers(), len, &validators, rules::content_type(raw));
+    let (res, body_range) = respond(
+        req.headers(),
+        meta.len(),
+        &validators,
+        rules::content_type(raw),
+    );
     let Some((start, end)) = body_range else {
         return res;
     };
@@ -137,17 +143,26 @@ async fn serve(State(app): State<Arc<App>>, family: Family, req: Request) -> Res
         record_step(&app, family, path, peer);
     }
     let (parts, _) = res.into_parts();
-    let body = if head {
+    let body = if head || start == end {
         Body::empty()
     } else {
-        Body::new(FileBody::new(file, start, end, app.files.stats.clone()))
+        Body::new(FileBody::new(
+            file,
+            meta,
+            start,
+            end,
+            app.files.stats.clone(),
+        ))
     };
     Response::from_parts(parts, body)
 }
 
 /// Opens `rel` under the first root that has it as a regular file. `Ok(None)`: not found,
 /// not a regular file, or outside its root. Blocking.
-fn open_confined(roots: &[PathBuf], rel: &Path) -> io::Result<Option<(File, u64, Validators)>> {
+fn open_confined(
+    roots: &[PathBuf],
+    rel: &Path,
+) -> io::Result<Option<(File, std::fs::Metadata, Validators)>> {
     for root in roots {
         // A missing root (no images/ipxe/) just means "look in the next one".
         let Ok(root) = std::fs::canonicalize(root) else {
@@ -185,7 +200,7 @@ fn open_confined(roots: &[PathBuf], rel: &Path) -> io::Result<Option<(File, u64,
             meta.len(),
             meta.modified().unwrap_or(std::time::UNIX_EPOCH),
         );
-        return Ok(Some((file, meta.len(), validators)));
+        return Ok(Some((file, meta, validators)));
     }
     Ok(None)
 }
@@ -373,7 +388,11 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("secret"), root.join("out")).unwrap();
         std::os::unix::fs::symlink(dir.path(), root.join("up")).unwrap();
         let roots = [root.clone()];
-        let open = |p: &str| open_confined(&roots, Path::new(p)).unwrap().map(|f| f.1);
+        let open = |p: &str| {
+            open_confined(&roots, Path::new(p))
+                .unwrap()
+                .map(|f| f.1.len())
+        };
         assert_eq!(open("os/k"), Some(6));
         assert_eq!(open("os/inside"), Some(6));
         assert_eq!(open("out"), None);
@@ -390,7 +409,11 @@ mod tests {
         std::fs::create_dir_all(&b).unwrap();
         std::fs::write(b.join("snponly.efi"), b"12").unwrap();
         let roots = [a.clone(), b.clone()];
-        let open = |p: &str| open_confined(&roots, Path::new(p)).unwrap().map(|f| f.1);
+        let open = |p: &str| {
+            open_confined(&roots, Path::new(p))
+                .unwrap()
+                .map(|f| f.1.len())
+        };
         assert_eq!(open("snponly.efi"), Some(2));
         std::fs::create_dir_all(&a).unwrap();
         std::fs::write(a.join("snponly.efi"), b"123").unwrap();

@@ -1,161 +1,120 @@
-//! A response body that reads a byte range of a file in large chunks with `pread` on the
-//! blocking pool, one chunk ahead of the socket.
+//! A response body that sends a byte range of a file as large frames cut from a shared,
+//! read-only mapping of it ([`FileMap`]), the pages faulted in on the blocking pool one frame
+//! ahead of the socket.
 //!
-//! Why not `tokio::fs` + `ReaderStream`: its 8-16 KiB reads cost one blocking-pool round trip
-//! each, which caps a 300 MiB download far below what the socket takes. Why not mmap: a
-//! file truncated while it is being served (`cp new-kernel vmlinuz` rewrites in place)
-//! turns into SIGBUS for the whole process. Large preads keep the cost to one memcpy per
-//! byte and one pool round trip per chunk; buffers are reused once hyper has written them,
-//! so steady state allocates nothing. Measurements are in docs/benchmarks.md.
+//! What was measured (docs/benchmarks.md has the figures): `tokio::fs` + `ReaderStream`
+//! reads 8-16 KiB per blocking-pool round trip, far below what the socket takes. 1-4 MiB
+//! `pread`s into reused buffers cost two copies per byte (page cache to buffer, buffer to
+//! socket). A mapping per frame (`MAP_POPULATE`) saves the first copy but spends as much
+//! setting up and tearing down page tables. One mapping per file version, shared by every
+//! download of it (and kept [`LINGER`] after the last one) and populated frame by frame,
+//! leaves one copy per byte, and the downloads of the same kernel or initrd by a rack of
+//! machines booting together pay for the page tables once.
 
-use std::collections::VecDeque;
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::task::JoinHandle;
 
 use super::Stats;
+use super::map::FileMap;
 
-const MMAP: bool = true;
-
-/// A read-only, populated mapping of `len` bytes of `file` at `offset`, as `Bytes`.
-fn map(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
-    use std::os::fd::AsRawFd;
-    let page = 4096u64;
-    let aligned = offset & !(page - 1);
-    let skip = (offset - aligned) as usize;
-    let map_len = len + skip;
-    // SAFETY: a fresh read-only shared mapping; nothing else aliases it mutably.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            map_len,
-            libc::PROT_READ,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
-            file.as_raw_fd(),
-            aligned as libc::off_t,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    let m = Mapping {
-        ptr: ptr.cast(),
-        map_len,
-        skip,
-        len,
-    };
-    if file.metadata()?.len() < offset + len as u64 {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(Bytes::from_owner(m))
-}
-
-struct Mapping {
-    ptr: *mut u8,
-    map_len: usize,
-    skip: usize,
-    len: usize,
-}
-// SAFETY: the mapping is read-only and owned; it is unmapped once, on drop.
-unsafe impl Send for Mapping {}
-unsafe impl Sync for Mapping {}
-
-impl AsRef<[u8]> for Mapping {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: ptr..ptr+map_len is mapped for the life of self.
-        unsafe { std::slice::from_raw_parts(self.ptr.add(self.skip), self.len) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: exactly the region mmap returned.
-        unsafe { libc::munmap(self.ptr.cast(), self.map_len) };
-    }
-}
-
-/// Bytes per read (and per body frame).
+/// Bytes per frame: large enough that the pool round trip per frame is noise, small enough
+/// that hyper (which buffers about one frame ahead) does not hold much of the file.
 pub const CHUNK: usize = 1 << 20;
 
-/// Buffers handed to hyper that we keep a handle on, to reuse them once hyper drops its own.
-const KEEP: usize = 3;
+/// How long a mapping outlives the download that used it last: machines of a rack boot a
+/// few seconds apart, and the next one's download then finds the page tables built. Bounded,
+/// so a replaced or deleted file's old version is released soon after.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The file before its first frame (mapped on the blocking pool), then its mapping.
+enum Source {
+    File(Option<(File, Metadata)>),
+    Mapped(Arc<FileMap>),
+}
+
+type Read = JoinHandle<io::Result<(Arc<FileMap>, Bytes)>>;
 
 pub struct FileBody {
-    file: Arc<File>,
-    /// Offset of the next read to start.
+    source: Source,
+    /// Offset of the next frame to prepare.
     next: u64,
     end: u64,
     /// Bytes not yet handed out as frames.
     remaining: u64,
     chunk: usize,
-    reading: Option<JoinHandle<io::Result<Bytes>>>,
-    sent: VecDeque<Bytes>,
+    reading: Option<Read>,
     stats: Arc<Stats>,
 }
 
 impl FileBody {
-    /// The bytes `start..end` of `file`; `end` must not exceed the file's length at open.
-    pub fn new(file: File, start: u64, end: u64, stats: Arc<Stats>) -> FileBody {
-        FileBody::with_chunk(file, start, end, CHUNK, stats)
+    /// The bytes `start..end` of `file`; `end` must not exceed `meta.len()`.
+    pub fn new(file: File, meta: Metadata, start: u64, end: u64, stats: Arc<Stats>) -> FileBody {
+        FileBody::with_chunk(file, meta, start, end, CHUNK, stats)
     }
 
     pub fn with_chunk(
         file: File,
+        meta: Metadata,
         start: u64,
         end: u64,
         chunk: usize,
         stats: Arc<Stats>,
     ) -> FileBody {
+        assert!(start <= end && end <= meta.len(), "range within the file");
         FileBody {
-            file: Arc::new(file),
+            source: Source::File(Some((file, meta))),
             next: start,
             end,
             remaining: end - start,
             chunk: chunk.max(1),
             reading: None,
-            sent: VecDeque::with_capacity(KEEP),
             stats,
         }
     }
 
-    /// A buffer of `len` bytes: a previously sent one that hyper has released, else a new one.
-    fn buffer(&mut self, len: usize) -> BytesMut {
-        if (self.sent.len() >= KEEP || self.sent.front().is_some_and(|b| b.is_unique()))
-            && let Some(old) = self.sent.pop_front()
-            && let Ok(mut buf) = old.try_into_mut()
-            && buf.len() >= len
-        {
-            buf.truncate(len);
-            return buf;
-        }
-        BytesMut::zeroed(len)
-    }
-
     fn start_read(&mut self) {
         let len = (self.end - self.next).min(self.chunk as u64) as usize;
-        let (file, offset) = (self.file.clone(), self.next);
+        // The range was checked against the length at open, which fits the address space.
+        let offset = self.next as usize;
         self.next += len as u64;
-        if MMAP {
-            self.reading = Some(tokio::task::spawn_blocking(move || map(&file, offset, len)));
-            return;
-        }
-        let mut buf = self.buffer(len);
+        let source = match &mut self.source {
+            Source::Mapped(map) => Ok(map.clone()),
+            Source::File(file) => Err(file.take().expect("mapped once")),
+        };
         self.reading = Some(tokio::task::spawn_blocking(move || {
+            let map = match source {
+                Ok(map) => map,
+                Err((file, meta)) => FileMap::shared(file, &meta)?,
+            };
             // A file that shrank after its length was sent cannot be completed: the error
-            // aborts the connection, so the client sees a short transfer, never wrong bytes
-            // presented as whole.
-            file.read_exact_at(&mut buf, offset)?;
-            Ok(buf.freeze())
+            // aborts the connection, so the client sees a short transfer.
+            let frame = map.chunk(offset, len)?;
+            Ok((map, frame))
         }));
+    }
+}
+
+impl Drop for FileBody {
+    fn drop(&mut self) {
+        if let Source::Mapped(map) = &self.source
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let map = map.clone();
+            rt.spawn(async move {
+                tokio::time::sleep(LINGER).await;
+                // Unmapping a large file takes a moment: not on a worker thread.
+                let _ = tokio::task::spawn_blocking(move || drop(map)).await;
+            });
+        }
     }
 }
 
@@ -178,7 +137,10 @@ impl http_body::Body for FileBody {
         let done = ready!(Pin::new(reading).poll(cx));
         this.reading = None;
         let buf = match done {
-            Ok(Ok(buf)) => buf,
+            Ok(Ok((map, buf))) => {
+                this.source = Source::Mapped(map);
+                buf
+            }
             Ok(Err(e)) => return Poll::Ready(Some(Err(e))),
             Err(e) => return Poll::Ready(Some(Err(io::Error::other(e)))),
         };
@@ -186,8 +148,7 @@ impl http_body::Body for FileBody {
         this.stats
             .bytes
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        this.sent.push_back(buf.clone());
-        // Read ahead: the next chunk comes off the page cache while hyper writes this one.
+        // Read ahead: the next frame's pages come in while hyper writes this one.
         if this.next < this.end {
             this.start_read();
         }
@@ -217,6 +178,14 @@ mod tests {
         (f, data)
     }
 
+    fn open(f: &tempfile::NamedTempFile) -> File {
+        f.reopen().unwrap()
+    }
+
+    fn meta(f: &tempfile::NamedTempFile) -> Metadata {
+        f.as_file().metadata().unwrap()
+    }
+
     async fn collect(body: FileBody) -> io::Result<Vec<u8>> {
         Ok(body.collect().await?.to_bytes().to_vec())
     }
@@ -231,7 +200,7 @@ mod tests {
             (0, 10_000, 1 << 20),
         ] {
             let stats = Arc::new(Stats::default());
-            let body = FileBody::with_chunk(f.reopen().unwrap(), start, end, chunk, stats.clone());
+            let body = FileBody::with_chunk(open(&f), meta(&f), start, end, chunk, stats.clone());
             assert_eq!(body.size_hint().exact(), Some(end - start));
             let got = collect(body).await.unwrap();
             assert_eq!(got, &data[start as usize..end as usize]);
@@ -242,7 +211,7 @@ mod tests {
     #[tokio::test]
     async fn empty_range_ends_at_once() {
         let (f, _) = file_of(10);
-        let body = FileBody::new(f.reopen().unwrap(), 10, 10, Arc::default());
+        let body = FileBody::new(open(&f), meta(&f), 10, 10, Arc::default());
         assert!(body.is_end_stream());
         assert!(collect(body).await.unwrap().is_empty());
     }
@@ -250,7 +219,7 @@ mod tests {
     #[tokio::test]
     async fn a_file_that_shrank_fails_the_body() {
         let (f, _) = file_of(10_000);
-        let body = FileBody::with_chunk(f.reopen().unwrap(), 0, 10_000, 4096, Arc::default());
+        let body = FileBody::with_chunk(open(&f), meta(&f), 0, 10_000, 4096, Arc::default());
         f.as_file().set_len(5000).unwrap();
         assert!(collect(body).await.is_err());
     }
