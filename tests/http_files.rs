@@ -311,6 +311,18 @@ fn ipxe_binaries_come_from_images_then_debian() {
         Some(r.body.len().to_string().as_str())
     );
 
+    // Debian links ipxe.efi to /boot/ipxe.efi: its own directory may link out.
+    let linked = Path::new("/usr/lib/ipxe/ipxe.efi");
+    if linked.exists() {
+        let r = curl(&cli, "/ipxe/ipxe.efi", &[]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, std::fs::read(linked).unwrap());
+    }
+    // images/ipxe/ may not, and it comes first.
+    std::fs::create_dir_all(images.join("ipxe")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", images.join("ipxe/undionly.kpxe")).unwrap();
+    let r = curl(&cli, "/ipxe/undionly.kpxe", &[]);
+    assert_eq!(r.status, 404, "{}", r.text());
     put(&images, "ipxe/snponly.efi", b"a newer build");
     assert_eq!(curl(&cli, "/ipxe/snponly.efi", &[]).text(), "a newer build");
     assert_eq!(curl(&cli, "/ipxe/no-such.efi", &[]).status, 404);
@@ -381,6 +393,7 @@ fn a_file_truncated_while_served_fails_that_download_only() {
         .args(["-sS", "--limit-rate", "4M", "-o"])
         .arg(&out)
         .arg(format!("{BASE}/assets/os/big"))
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));

@@ -9,6 +9,9 @@
 //!
 //! A GET of a node's kernel moves the machine at the peer address to `booting`, an `/ipxe/`
 //! fetch to `pxe`.
+//!
+//! Bodies are frames of a shared file mapping ([`map`]): no layer on these routes may read
+//! or transform body bytes (compression, inspection), see `map.rs` for why.
 
 mod body;
 mod map;
@@ -42,8 +45,26 @@ pub struct Files {
     /// `/assets/` serves this directory.
     pub images_dir: PathBuf,
     /// `/ipxe/` looks in these, first match wins.
-    pub ipxe_dirs: Vec<PathBuf>,
+    pub ipxe_dirs: Vec<Root>,
     pub stats: Arc<Stats>,
+}
+
+/// A directory files are served from.
+#[derive(Debug, Clone)]
+pub struct Root {
+    pub dir: PathBuf,
+    /// Whether a symlink in it may lead out of it. Only for a package-managed directory that
+    /// only root can write: Debian's ipxe links `/usr/lib/ipxe/ipxe.efi` to `/boot/ipxe.efi`.
+    pub links_leave: bool,
+}
+
+impl Root {
+    pub fn confined(dir: PathBuf) -> Root {
+        Root {
+            dir,
+            links_leave: false,
+        }
+    }
 }
 
 impl Files {
@@ -52,15 +73,21 @@ impl Files {
 
     pub fn new(images_dir: PathBuf) -> Files {
         Files {
-            ipxe_dirs: vec![images_dir.join("ipxe"), PathBuf::from(Files::SYSTEM_IPXE)],
+            ipxe_dirs: vec![
+                Root::confined(images_dir.join("ipxe")),
+                Root {
+                    dir: PathBuf::from(Files::SYSTEM_IPXE),
+                    links_leave: true,
+                },
+            ],
             images_dir,
             stats: Arc::default(),
         }
     }
 
-    fn roots(&self, family: Family) -> Vec<PathBuf> {
+    fn roots(&self, family: Family) -> Vec<Root> {
         match family {
-            Family::Assets => vec![self.images_dir.clone()],
+            Family::Assets => vec![Root::confined(self.images_dir.clone())],
             Family::Ipxe => self.ipxe_dirs.clone(),
         }
     }
@@ -160,12 +187,12 @@ async fn serve(State(app): State<Arc<App>>, family: Family, req: Request) -> Res
 /// Opens `rel` under the first root that has it as a regular file. `Ok(None)`: not found,
 /// not a regular file, or outside its root. Blocking.
 fn open_confined(
-    roots: &[PathBuf],
+    roots: &[Root],
     rel: &Path,
 ) -> io::Result<Option<(File, std::fs::Metadata, Validators)>> {
-    for root in roots {
+    for Root { dir, links_leave } in roots {
         // A missing root (no images/ipxe/) just means "look in the next one".
-        let Ok(root) = std::fs::canonicalize(root) else {
+        let Ok(root) = std::fs::canonicalize(dir) else {
             continue;
         };
         let file = match std::fs::OpenOptions::new()
@@ -191,7 +218,7 @@ fn open_confined(
         }
         // Where the opened file really is, with every symlink resolved: checked after the
         // open, so swapping a symlink between check and use gains nothing.
-        if !within(&root, &real_path(&file, &root.join(rel))?) {
+        if !links_leave && !within(&root, &real_path(&file, &root.join(rel))?) {
             tracing::warn!("refused a file whose real path leaves its root (symlink)");
             return Ok(None);
         }
@@ -387,7 +414,7 @@ mod tests {
         std::os::unix::fs::symlink("../os/k", root.join("os/inside")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("secret"), root.join("out")).unwrap();
         std::os::unix::fs::symlink(dir.path(), root.join("up")).unwrap();
-        let roots = [root.clone()];
+        let roots = [Root::confined(root.clone())];
         let open = |p: &str| {
             open_confined(&roots, Path::new(p))
                 .unwrap()
@@ -400,6 +427,17 @@ mod tests {
         assert_eq!(open("os"), None, "directories are not served");
         assert_eq!(open("missing"), None);
         assert_eq!(open("os/k/deeper"), None);
+        // A package-managed root may link out; its path segments are still checked.
+        let trusted = [Root {
+            dir: root.clone(),
+            links_leave: true,
+        }];
+        let open = |p: &str| {
+            open_confined(&trusted, Path::new(p))
+                .unwrap()
+                .map(|f| f.1.len())
+        };
+        assert_eq!(open("out"), Some(6));
     }
 
     #[test]
@@ -408,7 +446,7 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         std::fs::create_dir_all(&b).unwrap();
         std::fs::write(b.join("snponly.efi"), b"12").unwrap();
-        let roots = [a.clone(), b.clone()];
+        let roots = [Root::confined(a.clone()), Root::confined(b.clone())];
         let open = |p: &str| {
             open_confined(&roots, Path::new(p))
                 .unwrap()
