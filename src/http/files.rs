@@ -34,6 +34,7 @@ use axum::response::Response;
 use axum::routing::get;
 
 use self::body::FileBody;
+use self::map::FileMap;
 use self::rules::{Conditions, RangeReply, Validators};
 use super::error;
 use crate::app::App;
@@ -166,22 +167,25 @@ async fn serve(State(app): State<Arc<App>>, family: Family, req: Request) -> Res
     let Some((start, end)) = body_range else {
         return res;
     };
-    if !head && let Some(peer) = peer_ipv4(&req) {
+    if head || start == end {
+        return res;
+    }
+    // Mapped before the status goes out, so a file system without mmap gets a clean 500.
+    let mapped = tokio::task::spawn_blocking(move || FileMap::shared(file, &meta)).await;
+    let map = match mapped {
+        Ok(Ok(map)) => map,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "mapping a file to serve failed");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read file");
+        }
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read file"),
+    };
+    if let Some(peer) = peer_ipv4(&req) {
         record_step(&app, family, path, peer);
     }
     let (parts, _) = res.into_parts();
-    let body = if head || start == end {
-        Body::empty()
-    } else {
-        Body::new(FileBody::new(
-            file,
-            meta,
-            start,
-            end,
-            app.files.stats.clone(),
-        ))
-    };
-    Response::from_parts(parts, body)
+    let body = FileBody::new(map, start, end, app.files.stats.clone());
+    Response::from_parts(parts, Body::new(body))
 }
 
 /// Opens `rel` under the first root that has it as a regular file. `Ok(None)`: not found,

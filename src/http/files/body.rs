@@ -11,7 +11,6 @@
 //! leaves one copy per byte, and the downloads of the same kernel or initrd by a rack of
 //! machines booting together pay for the page tables once.
 
-use std::fs::{File, Metadata};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -35,43 +34,37 @@ pub const CHUNK: usize = 1 << 20;
 /// so a replaced or deleted file's old version is released soon after.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The file before its first frame (mapped on the blocking pool), then its mapping.
-enum Source {
-    File(Option<(File, Metadata)>),
-    Mapped(Arc<FileMap>),
-}
-
-type Read = JoinHandle<io::Result<(Arc<FileMap>, Bytes)>>;
-
 pub struct FileBody {
-    source: Source,
+    map: Arc<FileMap>,
     /// Offset of the next frame to prepare.
     next: u64,
     end: u64,
     /// Bytes not yet handed out as frames.
     remaining: u64,
     chunk: usize,
-    reading: Option<Read>,
+    reading: Option<JoinHandle<io::Result<Bytes>>>,
     stats: Arc<Stats>,
 }
 
 impl FileBody {
-    /// The bytes `start..end` of `file`; `end` must not exceed `meta.len()`.
-    pub fn new(file: File, meta: Metadata, start: u64, end: u64, stats: Arc<Stats>) -> FileBody {
-        FileBody::with_chunk(file, meta, start, end, CHUNK, stats)
+    /// The bytes `start..end` of the mapped file.
+    pub fn new(map: Arc<FileMap>, start: u64, end: u64, stats: Arc<Stats>) -> FileBody {
+        FileBody::with_chunk(map, start, end, CHUNK, stats)
     }
 
     pub fn with_chunk(
-        file: File,
-        meta: Metadata,
+        map: Arc<FileMap>,
         start: u64,
         end: u64,
         chunk: usize,
         stats: Arc<Stats>,
     ) -> FileBody {
-        assert!(start <= end && end <= meta.len(), "range within the file");
+        assert!(
+            start <= end && end <= map.len() as u64,
+            "range within the file"
+        );
         FileBody {
-            source: Source::File(Some((file, meta))),
+            map,
             next: start,
             end,
             remaining: end - start,
@@ -83,32 +76,20 @@ impl FileBody {
 
     fn start_read(&mut self) {
         let len = (self.end - self.next).min(self.chunk as u64) as usize;
-        // The range was checked against the length at open, which fits the address space.
+        // Within the mapping, hence within usize.
         let offset = self.next as usize;
         self.next += len as u64;
-        let source = match &mut self.source {
-            Source::Mapped(map) => Ok(map.clone()),
-            Source::File(file) => Err(file.take().expect("mapped once")),
-        };
-        self.reading = Some(tokio::task::spawn_blocking(move || {
-            let map = match source {
-                Ok(map) => map,
-                Err((file, meta)) => FileMap::shared(file, &meta)?,
-            };
-            // A file that shrank after its length was sent cannot be completed: the error
-            // aborts the connection, so the client sees a short transfer.
-            let frame = map.chunk(offset, len)?;
-            Ok((map, frame))
-        }));
+        let map = self.map.clone();
+        // A file that shrank after its length was sent cannot be completed: the error
+        // aborts the connection, so the client sees a short transfer.
+        self.reading = Some(tokio::task::spawn_blocking(move || map.chunk(offset, len)));
     }
 }
 
 impl Drop for FileBody {
     fn drop(&mut self) {
-        if let Source::Mapped(map) = &self.source
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            let map = map.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let map = self.map.clone();
             rt.spawn(async move {
                 tokio::time::sleep(LINGER).await;
                 // Unmapping a large file takes a moment: not on a worker thread.
@@ -137,10 +118,7 @@ impl http_body::Body for FileBody {
         let done = ready!(Pin::new(reading).poll(cx));
         this.reading = None;
         let buf = match done {
-            Ok(Ok((map, buf))) => {
-                this.source = Source::Mapped(map);
-                buf
-            }
+            Ok(Ok(buf)) => buf,
             Ok(Err(e)) => return Poll::Ready(Some(Err(e))),
             Err(e) => return Poll::Ready(Some(Err(io::Error::other(e)))),
         };
@@ -178,12 +156,10 @@ mod tests {
         (f, data)
     }
 
-    fn open(f: &tempfile::NamedTempFile) -> File {
-        f.reopen().unwrap()
-    }
-
-    fn meta(f: &tempfile::NamedTempFile) -> Metadata {
-        f.as_file().metadata().unwrap()
+    fn map(f: &tempfile::NamedTempFile) -> Arc<FileMap> {
+        let file = f.reopen().unwrap();
+        let meta = file.metadata().unwrap();
+        FileMap::shared(file, &meta).unwrap()
     }
 
     async fn collect(body: FileBody) -> io::Result<Vec<u8>> {
@@ -200,7 +176,7 @@ mod tests {
             (0, 10_000, 1 << 20),
         ] {
             let stats = Arc::new(Stats::default());
-            let body = FileBody::with_chunk(open(&f), meta(&f), start, end, chunk, stats.clone());
+            let body = FileBody::with_chunk(map(&f), start, end, chunk, stats.clone());
             assert_eq!(body.size_hint().exact(), Some(end - start));
             let got = collect(body).await.unwrap();
             assert_eq!(got, &data[start as usize..end as usize]);
@@ -211,7 +187,7 @@ mod tests {
     #[tokio::test]
     async fn empty_range_ends_at_once() {
         let (f, _) = file_of(10);
-        let body = FileBody::new(open(&f), meta(&f), 10, 10, Arc::default());
+        let body = FileBody::new(map(&f), 10, 10, Arc::default());
         assert!(body.is_end_stream());
         assert!(collect(body).await.unwrap().is_empty());
     }
@@ -219,7 +195,7 @@ mod tests {
     #[tokio::test]
     async fn a_file_that_shrank_fails_the_body() {
         let (f, _) = file_of(10_000);
-        let body = FileBody::with_chunk(open(&f), meta(&f), 0, 10_000, 4096, Arc::default());
+        let body = FileBody::with_chunk(map(&f), 0, 10_000, 4096, Arc::default());
         f.as_file().set_len(5000).unwrap();
         assert!(collect(body).await.is_err());
     }

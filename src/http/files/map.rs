@@ -35,7 +35,8 @@ static MAPS: LazyLock<Mutex<HashMap<Key, Weak<FileMap>>>> = LazyLock::new(Mutex:
 
 impl FileMap {
     /// The mapping of `file` (described by `meta`, non-empty), shared while any download of
-    /// this version of the file runs. Blocking only briefly (no page is read here).
+    /// this version of the file runs. Blocking only briefly (no page is read here). Fails on
+    /// file systems that cannot map files.
     pub fn shared(file: File, meta: &Metadata) -> io::Result<Arc<FileMap>> {
         let key = (
             meta.dev(),
@@ -66,6 +67,10 @@ impl FileMap {
         maps.retain(|_, m| m.strong_count() > 0);
         maps.insert(key, Arc::downgrade(&map));
         Ok(map)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
     }
 
     /// Bytes `offset..offset + len` as a frame that keeps the mapping alive. Faults the
@@ -119,5 +124,35 @@ impl AsRef<[u8]> for Window {
     fn as_ref(&self) -> &[u8] {
         // SAFETY: within the mapping, which lives as long as `self.map`.
         unsafe { std::slice::from_raw_parts(self.map.ptr.cast::<u8>().add(self.offset), self.len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map_of(path: &std::path::Path) -> Arc<FileMap> {
+        let file = File::open(path).unwrap();
+        let meta = file.metadata().unwrap();
+        FileMap::shared(file, &meta).unwrap()
+    }
+
+    #[test]
+    fn downloads_of_one_version_share_a_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        std::fs::write(&path, vec![7u8; 10_000]).unwrap();
+        let (a, b) = (map_of(&path), map_of(&path));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(&a.chunk(9_000, 1_000).unwrap()[..], &[7u8; 1_000][..]);
+        // A new version (here: another length) gets its own mapping.
+        std::fs::write(&path, vec![8u8; 20_000]).unwrap();
+        let c = map_of(&path);
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.len(), 20_000);
+        // The old mapping now reaches past the file's end: its chunks fail instead of
+        // handing out bytes that are no longer there.
+        std::fs::write(&path, b"short").unwrap();
+        assert!(a.chunk(9_000, 1_000).is_err());
     }
 }
