@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::desc::{self, Diagnostics};
+use crate::http::files::Files;
 use crate::plan::Plan;
 use crate::render::{RenderError, Renderer};
 use crate::status::NodeState;
@@ -36,6 +37,8 @@ pub struct App {
     pub dhcp_stats: std::sync::OnceLock<Arc<crate::dhcp::Stats>>,
     /// The cluster PKI (None only in tests that serve no configs).
     pub pki: Option<std::sync::RwLock<crate::pki::Pki>>,
+    /// Boot assets served over HTTP (`/assets/`, `/ipxe/`) and their counters.
+    pub files: Files,
     plan: ArcSwap<Plan>,
     generation: AtomicU64,
     /// Machines with dynamic leases (hostname, address), published by DHCP for DNS.
@@ -56,6 +59,8 @@ pub struct AppOptions {
     pub templates_dir: Option<PathBuf>,
     pub admin_token_hash: Option<String>,
     pub pki: Option<crate::pki::Pki>,
+    /// Boot assets (`/assets/`, `/ipxe/`): the images directory.
+    pub images_dir: PathBuf,
 }
 
 /// What a successful reload changed, for the log and the event record.
@@ -78,6 +83,7 @@ impl App {
         Ok(Arc::new(App {
             config_path,
             store,
+            files: Files::new(options.images_dir),
             templates_dir: options.templates_dir,
             renderer: ArcSwap::from_pointee(renderer),
             admin_token_hash: options.admin_token_hash,

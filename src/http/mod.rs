@@ -5,6 +5,7 @@
 pub mod access;
 pub mod api;
 pub mod boot;
+pub mod files;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,6 +51,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/config/{mac}", get(boot::config))
         .route("/nocloud/{mac}/{token}/{file}", get(boot::nocloud))
         .route("/report/{mac}", post(boot::report))
+        .merge(files::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(
             crate::status::metrics::track_http,
