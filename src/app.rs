@@ -1,6 +1,7 @@
 //! State shared by every server: the current plan (swapped atomically on reload), the
 //! persistent store, and where the description lives.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::desc::{self, Diagnostics};
+use crate::http::files::Files;
 use crate::plan::Plan;
 use crate::render::{RenderError, Renderer};
 use crate::status::NodeState;
@@ -27,10 +29,16 @@ pub struct App {
     pub feed: tokio::sync::broadcast::Sender<crate::store::Event>,
     /// A node with no progress for this long is marked stuck on the page and in the API.
     pub stuck_after_millis: u64,
+    /// MACs the operator approved (served like `enroll-worker` machines), from the store.
+    approved: ArcSwap<std::collections::HashSet<crate::desc::Mac>>,
+    /// Unknown machines DHCP has seen, by MAC (see dhcp::unknown).
+    unknown_seen: std::sync::Mutex<HashMap<String, crate::dhcp::unknown::UnknownMachine>>,
     /// The DHCP server's counters, once it runs (for /metrics).
     pub dhcp_stats: std::sync::OnceLock<Arc<crate::dhcp::Stats>>,
     /// The cluster PKI (None only in tests that serve no configs).
     pub pki: Option<std::sync::RwLock<crate::pki::Pki>>,
+    /// Boot assets served over HTTP (`/assets/`, `/ipxe/`) and their counters.
+    pub files: Files,
     plan: ArcSwap<Plan>,
     generation: AtomicU64,
     /// Machines with dynamic leases (hostname, address), published by DHCP for DNS.
@@ -46,9 +54,13 @@ pub const DEFAULT_STUCK_AFTER_SECS: u64 = 30 * 60;
 pub struct AppOptions {
     /// `--stuck-after` in seconds (None: the default).
     pub stuck_after_secs: Option<u64>,
+    /// Approved unknown machines, as stored.
+    pub approved: Vec<crate::desc::Mac>,
     pub templates_dir: Option<PathBuf>,
     pub admin_token_hash: Option<String>,
     pub pki: Option<crate::pki::Pki>,
+    /// Boot assets (`/assets/`, `/ipxe/`): the images directory.
+    pub images_dir: PathBuf,
 }
 
 /// What a successful reload changed, for the log and the event record.
@@ -71,12 +83,15 @@ impl App {
         Ok(Arc::new(App {
             config_path,
             store,
+            files: Files::new(options.images_dir),
             templates_dir: options.templates_dir,
             renderer: ArcSwap::from_pointee(renderer),
             admin_token_hash: options.admin_token_hash,
             loop_guard: Default::default(),
             pki: options.pki.map(std::sync::RwLock::new),
             dhcp_stats: std::sync::OnceLock::new(),
+            approved: ArcSwap::from_pointee(options.approved.iter().copied().collect()),
+            unknown_seen: Default::default(),
             feed: crate::status::feed::channel(),
             stuck_after_millis: options.stuck_after_secs.unwrap_or(DEFAULT_STUCK_AFTER_SECS) * 1000,
             plan: ArcSwap::from_pointee(plan),
@@ -250,12 +265,57 @@ impl App {
         if let Some(n) = plan.node_by_mac(mac) {
             return Ok(Some(n.clone()));
         }
-        if plan.network.unknown_machines != crate::desc::UnknownPolicy::EnrollWorker {
+        if plan.network.unknown_machines != crate::desc::UnknownPolicy::EnrollWorker
+            && !self.approved().contains(mac)
+        {
             return Ok(None);
         }
         Ok(self
             .store
             .get_lease(&mac.to_string())?
             .map(|l| plan.enrolled_worker(*mac, l.hostname.as_deref(), l.ip)))
+    }
+
+    /// The approved MACs (cheap: DHCP reads it per batch).
+    pub fn approved(&self) -> Arc<std::collections::HashSet<crate::desc::Mac>> {
+        self.approved.load_full()
+    }
+
+    /// Approves an unknown machine: persisted with an event, effective for DHCP at once.
+    pub fn approve(&self, mac: crate::desc::Mac) -> Result<(), StoreError> {
+        self.store.approve_machine(&mac.to_string())?;
+        let mut set = (*self.approved()).clone();
+        set.insert(mac);
+        self.approved.store(Arc::new(set));
+        Ok(())
+    }
+
+    /// Merges a DHCP thread's view of unknown machines (approved ones drop out).
+    pub fn publish_unknown(&self, seen: Vec<crate::dhcp::unknown::UnknownMachine>) {
+        let mut map = self.unknown_seen.lock().unwrap_or_else(|e| e.into_inner());
+        for m in seen {
+            map.insert(m.mac.clone(), m);
+        }
+        if map.len() > 2 * crate::dhcp::unknown::MAX_TRACKED {
+            let mut v: Vec<_> = map.values().map(|m| m.last_seen).collect();
+            v.sort_unstable();
+            let cut = v[v.len() - crate::dhcp::unknown::MAX_TRACKED];
+            map.retain(|_, m| m.last_seen >= cut);
+        }
+    }
+
+    /// Unknown machines seen by DHCP, newest first, with whether each is approved.
+    pub fn unknown_machines(&self) -> Vec<(crate::dhcp::unknown::UnknownMachine, bool)> {
+        let approved = self.approved();
+        let map = self.unknown_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = map
+            .values()
+            .map(|m| {
+                let ok = m.mac.parse().is_ok_and(|mac| approved.contains(&mac));
+                (m.clone(), ok)
+            })
+            .collect();
+        v.sort_by_key(|m| std::cmp::Reverse(m.0.last_seen));
+        v
     }
 }

@@ -130,6 +130,12 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
             admin_token_hash: Some(crate::boot::hash_token(&admin_token)),
             pki: Some(pki),
             stuck_after_secs: opts.stuck_after.map(|d| d.as_secs()),
+            images_dir: opts.images_dir.clone(),
+            approved: store
+                .approved_machines()?
+                .iter()
+                .filter_map(|m| m.parse().ok())
+                .collect(),
         },
     )
     .context("loading templates")?;

@@ -442,3 +442,88 @@ fn enrolled_unknown_machine_installs_as_a_worker() {
         "{metrics}"
     );
 }
+
+#[test]
+fn unknown_machine_is_listed_then_approved_and_installs() {
+    if !netns_available() {
+        return;
+    }
+    let lan = Lan::new("approve");
+    let server = lan.host("srv", Some("10.20.0.2/24"), None);
+    let stranger = lan.host("new", None, Some("52:54:00:77:00:02"));
+    let admin = lan.host("ops", Some("10.20.0.99/24"), None);
+    let desc = TestDesc {
+        pool: Some(("10.20.0.200".into(), "10.20.0.210".into())),
+        ..TestDesc::default()
+    }
+    .yaml();
+    let slipway = Slipway::start(&server, &desc, &["--disable", "dns"]);
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("hook.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/24\" dev \"$interface\"\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let udhcpc = |tries: &str| {
+        stranger
+            .command("busybox")
+            .args([
+                "udhcpc",
+                "-i",
+                "eth0",
+                "-n",
+                "-q",
+                "-f",
+                "-t",
+                tries,
+                "-T",
+                "1",
+                "-x",
+                "hostname:rack3-n1",
+                "-s",
+                hook.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    // Default policy: no answer, but the operator sees the machine.
+    assert!(!udhcpc("2"), "an unknown MAC got a lease");
+    let (code, body) = curl(&admin, &[&format!("{BASE}/api/v1/unknown")]);
+    assert_eq!(code, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let seen = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mac"] == "52:54:00:77:00:02")
+        .unwrap_or_else(|| panic!("not listed: {body}"));
+    assert!(seen["requests"].as_u64().unwrap() >= 2, "{seen}");
+    assert_eq!(seen["approved"], false);
+    let (_, events) = curl(&admin, &[&format!("{BASE}/api/v1/events")]);
+    assert!(events.contains("dhcp.unknown"), "{events}");
+
+    // Approval needs the admin token, then DHCP serves the machine at once.
+    let approve = format!("{BASE}/api/v1/unknown/52:54:00:77:00:02/approve");
+    assert_eq!(curl(&admin, &["-X", "POST", &approve]).0, 401);
+    let token = std::fs::read_to_string(slipway.dir.path().join("state/admin.token")).unwrap();
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let (code, body) = curl(&admin, &["-X", "POST", "-H", &auth, &approve]);
+    assert_eq!(code, 200, "{body}");
+    let planned = format!("{BASE}/api/v1/unknown/52:54:00:00:00:11/approve");
+    assert_eq!(curl(&admin, &["-X", "POST", "-H", &auth, &planned]).0, 409);
+
+    // Approval survives a restart (SIGKILL, no clean shutdown).
+    let slipway = slipway.kill_and_restart(&server, &["--disable", "dns"]);
+    assert!(udhcpc("5"), "the approved machine got no lease");
+    let (code, script) = curl(&stranger, &[&format!("{BASE}/boot/52-54-00-77-00-02.ipxe")]);
+    assert_eq!(code, 200, "{script}");
+    assert!(script.contains("slipway.node=rack3-n1"), "{script}");
+    let (_, body) = curl(&admin, &[&format!("{BASE}/api/v1/nodes/52:54:00:77:00:02")]);
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["name"], "rack3-n1", "{view}");
+    drop(slipway);
+}

@@ -34,8 +34,10 @@ fn plans() -> &'static [Plan; 2] {
 fuzz_target!(|data: &[u8]| {
     for plan in plans() {
         for port in [Port::Server, Port::Proxy] {
+            let approved = std::collections::HashSet::new();
             let ctx = Ctx {
                 plan,
+                approved: &approved,
                 boot: BootFiles { arm64: true },
                 now: 1_000_000,
                 now_millis: 1_000_000_000,

@@ -22,6 +22,8 @@ pub enum Port {
 
 pub struct Ctx<'a> {
     pub plan: &'a Plan,
+    /// MACs the operator approved: served from the pool like `enroll-worker` machines.
+    pub approved: &'a std::collections::HashSet<Mac>,
     pub boot: BootFiles,
     pub now: u64,
     pub now_millis: u64,
@@ -76,8 +78,9 @@ fn identify(ctx: &Ctx, req: &Request) -> Option<Client> {
             script_url: n.boot.ipxe_script.clone(),
         });
     }
-    let enroll =
-        plan.network.unknown_machines == UnknownPolicy::EnrollWorker && plan.network.pool.is_some();
+    let enroll = (plan.network.unknown_machines == UnknownPolicy::EnrollWorker
+        || ctx.approved.contains(&req.mac))
+        && plan.network.pool.is_some();
     enroll.then(|| Client {
         mac: req.mac,
         reserved: None,
@@ -395,8 +398,11 @@ mod tests {
     }
 
     fn ctx(plan: &Plan) -> Ctx<'_> {
+        static NONE: std::sync::LazyLock<std::collections::HashSet<Mac>> =
+            std::sync::LazyLock::new(Default::default);
         Ctx {
             plan,
+            approved: &NONE,
             boot: BootFiles::default(),
             now: 1000,
             now_millis: 1_000_000,
@@ -521,6 +527,30 @@ mod tests {
             out.ops.iter().all(|o| !matches!(o, Op::Transition { .. })),
             "no lifecycle for strangers"
         );
+
+        // Under `ignore`, an approved MAC is served from the pool; others still are not.
+        let p = plan(", pool: {start: 10.20.0.200, end: 10.20.0.201}");
+        let mut t = LeaseTable::new(p.network.pool);
+        let approved: std::collections::HashSet<Mac> =
+            [req(MessageType::Discover, STRANGER, vec![]).mac].into();
+        let ctx_approved = Ctx {
+            approved: &approved,
+            ..ctx(&p)
+        };
+        let out = handle(
+            &ctx_approved,
+            &mut t,
+            &req(MessageType::Discover, STRANGER, vec![]),
+            Port::Server,
+        );
+        assert_eq!(out.reply.unwrap().0.yiaddr, ip("10.20.0.200"));
+        let out = handle(
+            &ctx(&p),
+            &mut t,
+            &req(MessageType::Discover, STRANGER, vec![]),
+            Port::Server,
+        );
+        assert_eq!(out.silence, Some(Silence::UnknownMac));
     }
 
     #[test]

@@ -9,5 +9,6 @@ pub mod leases;
 mod mmsg;
 pub mod packet;
 pub mod server;
+pub mod unknown;
 
 pub use server::{Handle, Sockets, Stats, bind, spawn};

@@ -234,7 +234,13 @@ fn receiver(
     let mut generation = app.generation();
     let mut names_dirty = true;
     let mut names_published = Instant::now();
+    let mut unknown = super::unknown::Tracker::default();
+    let mut unknown_dirty = false;
     while !shutdown.is_requested() {
+        if unknown_dirty {
+            app.publish_unknown(unknown.list());
+            unknown_dirty = false;
+        }
         if names_dirty && names_published.elapsed() >= Duration::from_secs(1) {
             let hosts = table.dynamic_hosts(now_millis() / 1000);
             if *app.dynamic_hosts() != hosts {
@@ -273,8 +279,10 @@ fn receiver(
             table.set_pool(plan.network.pool);
         }
         let now_ms = now_millis();
+        let approved = app.approved();
         let ctx = Ctx {
             plan: &plan,
+            approved: &approved,
             boot,
             now: now_ms / 1000,
             now_millis: now_ms,
@@ -304,6 +312,23 @@ fn receiver(
             if let Some(why) = decided.silence {
                 Stats::bump(&stats.ignored);
                 tracing::debug!(mac = %req.mac, kind = ?req.kind, ?why, "no DHCP reply");
+                if why == engine::Silence::UnknownMac {
+                    let class = format!("{:?}", req.class);
+                    let seen = unknown.note(req.mac, Some(&class), now_ms / 1000);
+                    unknown_dirty = true;
+                    if seen == super::unknown::Seen::Report && waiting <= WRITE_MAX {
+                        let start = pending.ops.len();
+                        pending.ops.push(Op::Event {
+                            kind: "dhcp.unknown".into(),
+                            mac: Some(req.mac.to_string()),
+                            message: format!(
+                                "machine not in the description asked for an address ({class}); \
+                                 add it to the description or approve it"
+                            ),
+                        });
+                        pending.jobs.push((start, pending.ops.len(), None));
+                    }
+                }
             }
             names_dirty |= decided.ops.iter().any(|op| {
                 matches!(op, Op::PutLease(l) if l.hostname.is_some())

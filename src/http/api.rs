@@ -362,3 +362,55 @@ mod tests {
         assert_eq!(stuck, [true, false, false, false, false, true]);
     }
 }
+
+#[derive(Serialize)]
+struct UnknownView {
+    #[serde(flatten)]
+    machine: crate::dhcp::unknown::UnknownMachine,
+    approved: bool,
+}
+
+/// `GET /api/v1/unknown`: machines not in the description that asked DHCP for an address.
+pub async fn unknown(State(app): State<Arc<App>>) -> Response {
+    let list: Vec<UnknownView> = app
+        .unknown_machines()
+        .into_iter()
+        .map(|(machine, approved)| UnknownView { machine, approved })
+        .collect();
+    Json(list).into_response()
+}
+
+/// `POST /api/v1/unknown/{mac}/approve` (admin): the machine is served from the DHCP pool
+/// and installed as a worker, like under `unknown_machines: enroll-worker`.
+pub async fn approve(
+    State(app): State<Arc<App>>,
+    Path(mac): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refusal) = refuse_unless_admin(&app, &headers) {
+        return refusal;
+    }
+    let Ok(mac) = mac.parse::<crate::desc::Mac>() else {
+        return error(StatusCode::BAD_REQUEST, "not a MAC address");
+    };
+    let plan = app.plan();
+    if plan.node_by_mac(&mac).is_some() {
+        return error(
+            StatusCode::CONFLICT,
+            "this machine is in the description already",
+        );
+    }
+    if plan.network.pool.is_none() {
+        return error(
+            StatusCode::CONFLICT,
+            "network.dhcp.pool is not set: approved machines need a pool address",
+        );
+    }
+    let app2 = app.clone();
+    match blocking(move || app2.approve(mac)).await {
+        Ok(()) => {
+            Json(serde_json::json!({"mac": mac.to_string(), "approved": true})).into_response()
+        }
+        Err(r) => r,
+    }
+}

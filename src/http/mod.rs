@@ -5,6 +5,7 @@
 pub mod access;
 pub mod api;
 pub mod boot;
+pub mod files;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/nodes", get(api::nodes))
         .route("/api/v1/nodes/{id}", get(api::node))
         .route("/api/v1/events", get(api::events))
+        .route("/api/v1/unknown", get(api::unknown))
         .route("/api/v1/stream", get(feed::stream))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -44,10 +46,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/v1/nodes/{id}/reinstall", post(api::reinstall))
         .route("/api/v1/nodes/{id}/forget", post(api::forget))
+        .route("/api/v1/unknown/{mac}/approve", post(api::approve))
         .route("/boot/{file}", get(boot::script))
         .route("/config/{mac}", get(boot::config))
         .route("/nocloud/{mac}/{token}/{file}", get(boot::nocloud))
         .route("/report/{mac}", post(boot::report))
+        .merge(files::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(
             crate::status::metrics::track_http,

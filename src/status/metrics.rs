@@ -90,6 +90,10 @@ pub fn render(app: &App) -> Result<String, StoreError> {
             .absolute(v.load(Ordering::Relaxed));
     }
 
+    let files = &app.files.stats;
+    counter!("slipway_http_file_requests_total").absolute(files.requests.load(Ordering::Relaxed));
+    counter!("slipway_http_file_bytes_total").absolute(files.bytes.load(Ordering::Relaxed));
+
     let now = crate::store::now_secs();
     let active = app
         .store

@@ -33,8 +33,8 @@ pub use redb_store::{Options, RedbStore};
 pub use tokens::{BootToken, TokenCheck, TokenUse, check_token};
 
 /// Version of the on-disk layout written by this build. 2: leases in the journal, the redb
-/// `leases` table is its snapshot. 3: the `boot_tokens` table.
-pub const SCHEMA_VERSION: u32 = 3;
+/// `leases` table is its snapshot. 3: the `boot_tokens` table. 4: the `approved` table.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Name of the database file inside the state directory.
 pub const STATE_FILE: &str = "state.redb";
@@ -248,6 +248,12 @@ pub trait Store: Send + Sync {
     ) -> Result<TokenCheck, StoreError>;
     /// Removes the node's token; returns whether one existed.
     fn revoke_boot_token(&self, mac: &str) -> Result<bool, StoreError>;
+
+    /// Records the operator's approval of a machine not in the description (it is then
+    /// served like an `enroll-worker` machine), with a `node.approved` event.
+    fn approve_machine(&self, mac: &str) -> Result<(), StoreError>;
+    /// Approved MACs, ordered.
+    fn approved_machines(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// Opens (creating if needed) the store in `state_dir` with default options. The directory is

@@ -48,6 +48,8 @@ const LEASE_IPS_V1: TableDefinition<&str, &str> = TableDefinition::new("lease_ip
 const NODES: TableDefinition<&str, &str> = TableDefinition::new("nodes");
 const EVENTS: TableDefinition<u64, &str> = TableDefinition::new("events");
 const BOOT_TOKENS: TableDefinition<&str, &str> = TableDefinition::new("boot_tokens");
+/// MAC -> unix milliseconds of the approval.
+const APPROVED: TableDefinition<&str, u64> = TableDefinition::new("approved");
 
 const KEY_SCHEMA_VERSION: &str = "schema_version";
 const KEY_LAST_EVENT_SEQ: &str = "last_event_seq";
@@ -533,6 +535,7 @@ fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
     txn.open_table(NODES)?;
     txn.open_table(EVENTS)?;
     txn.open_table(BOOT_TOKENS)?;
+    txn.open_table(APPROVED)?;
     if let Some(from) = found {
         migrate(&txn, from)?;
         tracing::info!(from, to = SCHEMA_VERSION, path = %path.display(), "migrated state schema");
@@ -548,7 +551,7 @@ fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
 /// 1 -> 2: the `leases` table becomes the journal snapshot of generation 0 (no journal
 /// exists yet, so it is the whole lease set); the `lease_ips` index is dropped (it is kept in
 /// memory now). Older slipway builds refuse schema 2, so they cannot miss journaled leases.
-/// 2 -> 3: adds `boot_tokens` (created with the other tables above).
+/// 2 -> 3: adds `boot_tokens`; 3 -> 4: adds `approved` (created with the other tables above).
 fn migrate(txn: &WriteTransaction, from: u32) -> Result<(), StoreError> {
     debug_assert!(from < SCHEMA_VERSION);
     if from <= 1 {
@@ -845,6 +848,30 @@ impl Store for RedbStore {
         }
         txn.commit()?;
         Ok(check)
+    }
+
+    fn approve_machine(&self, mac: &str) -> Result<(), StoreError> {
+        let txn = self.inner.db.begin_write()?;
+        txn.open_table(APPROVED)?.insert(mac, now_millis())?;
+        append_event_in(
+            &txn,
+            self.inner.max_events,
+            "node.approved",
+            Some(mac),
+            "approved by the operator: served as a worker",
+        )?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn approved_machines(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let table = txn.open_table(APPROVED)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            out.push(entry?.0.value().to_string());
+        }
+        Ok(out)
     }
 
     fn revoke_boot_token(&self, mac: &str) -> Result<bool, StoreError> {

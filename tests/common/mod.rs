@@ -205,6 +205,18 @@ impl Host {
         pid
     }
 
+    /// Waits for the child `pid` (started in this host) to exit completely.
+    pub fn reap(&self, pid: u32) {
+        let child = {
+            let mut children = self.children.lock().unwrap();
+            let i = children.iter().position(|c| c.id() == pid);
+            i.map(|i| children.swap_remove(i))
+        };
+        if let Some(mut c) = child {
+            let _ = c.wait();
+        }
+    }
+
     /// Runs `f` on a thread that lives in this host's namespace (sockets it opens are
     /// inside the namespace).
     pub fn within<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
@@ -416,10 +428,9 @@ impl Slipway {
     /// `host` on the same description and state directory.
     pub fn kill_and_restart(self, host: &Host, args: &[&str]) -> Slipway {
         self.signal(libc::SIGKILL);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.is_running() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // Reap it: only then have all its threads exited and its files (the store's lock)
+        // been closed. A zombie main thread alone does not mean that.
+        host.reap(self.pid);
         let yaml = std::fs::read_to_string(&self.config).unwrap();
         Slipway::start_in(host, self.dir, &yaml, args)
     }

@@ -67,11 +67,30 @@ function renderTable() {
   }));
 }
 
+function renderUnknown(list) {
+  $("#unknown-section").hidden = list.length === 0;
+  $("#unknown tbody").replaceChildren(...list.map((m) => el("tr", { "data-mac": m.mac },
+    el("td", {}, m.mac),
+    el("td", {}, m.client_class || ""),
+    el("td", {}, new Date(m.first_seen * 1000).toLocaleString()),
+    el("td", {}, ago(m.last_seen * 1000)),
+    el("td", {}, m.requests),
+    el("td", {}, m.approved ? "approved" : el("button", {
+      onclick: async () => {
+        const r = await fetch(`/api/v1/unknown/${encodeURIComponent(m.mac)}/approve`, { method: "POST", headers: authHeaders() });
+        const body = await r.json().catch(() => ({}));
+        $("#action-result").textContent = r.ok ? `${m.mac}: approved` : `${m.mac}: ${body.error || r.status}`;
+        scheduleRefresh();
+      },
+    }, "Approve")))));
+}
+
 async function refresh() {
   refreshTimer = null;
   try {
     nodes = await getJSON("/api/v1/nodes");
     renderTable();
+    renderUnknown(await getJSON("/api/v1/unknown"));
     const s = await getJSON("/api/v1/summary");
     renderSummary(s);
     if (selected) showDetail(selected);
