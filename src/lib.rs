@@ -9,3 +9,4 @@ pub mod plan;
 pub mod serve;
 pub mod status;
 pub mod store;
+pub mod tftp;
