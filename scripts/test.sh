@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use (real clients and peers). Extend as suites grow.
-PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client busybox kea-admin)
+PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client busybox kea-admin tftp-hpa atftp ipxe)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -387,7 +387,9 @@ mod tests {
         assert_eq!(data_header(0x0102), [0, 3, 1, 2]);
         out.clear();
         encode_request(RRQ, b"a/b", &[("windowsize", "16")], &mut out);
-        assert!(matches!(parse(&out), Ok(Packet::Rrq(r)) if r.filename == b"a/b" && r.options.len() == 1));
+        assert!(
+            matches!(parse(&out), Ok(Packet::Rrq(r)) if r.filename == b"a/b" && r.options.len() == 1)
+        );
         assert_eq!(ErrorCode::from_u16(8), Some(ErrorCode::OptionsRefused));
         assert_eq!(ErrorCode::from_u16(9), None);
     }

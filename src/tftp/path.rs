@@ -176,10 +176,7 @@ mod tests {
         assert_eq!(open(&roots, b"escape").unwrap_err(), Refusal::Denied);
         assert_eq!(open(&roots, b"nope").unwrap_err(), Refusal::NotFound);
         assert_eq!(open(&roots, b"sub").unwrap_err(), Refusal::NotFound);
-        assert_eq!(
-            open(&roots, b"first.bin/x").unwrap_err(),
-            Refusal::NotFound
-        );
+        assert_eq!(open(&roots, b"first.bin/x").unwrap_err(), Refusal::NotFound);
         assert_eq!(open(&roots, b"../secret").unwrap_err(), Refusal::Denied);
         let abs = outside.to_str().unwrap().to_string();
         assert_eq!(

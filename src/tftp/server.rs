@@ -7,13 +7,12 @@
 //! Reading a window with pread runs inline on the runtime: boot files sit in the page
 //! cache, where the read takes microseconds, less than a hop to the blocking pool would.
 
-use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
@@ -36,7 +35,7 @@ pub const DEFAULT_MAX_TRANSFERS: usize = 64;
 /// Counters, logged at shutdown (and later exported as metrics).
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Read requests received (duplicates of a transfer under way included).
+    /// Read requests received.
     pub requests: AtomicU64,
     pub started: AtomicU64,
     pub completed: AtomicU64,
@@ -79,21 +78,8 @@ struct Shared {
     app: Arc<App>,
     config: Config,
     stats: Arc<Stats>,
-    /// Clients with a transfer under way: a retransmitted RRQ must not start a second one.
-    active: Mutex<HashSet<SocketAddr>>,
     local: IpAddr,
     shutdown: Shutdown,
-}
-
-/// Removes the client from `active` when its transfer task ends, however it ends.
-struct Active(Arc<Shared>, SocketAddr);
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        if let Ok(mut set) = self.0.active.lock() {
-            set.remove(&self.1);
-        }
-    }
 }
 
 /// Serves read requests on the bound socket until `shutdown`; logs the counters at the end.
@@ -110,7 +96,6 @@ pub async fn serve(
         app,
         config,
         stats: stats.clone(),
-        active: Mutex::new(HashSet::new()),
         local,
         shutdown: shutdown.clone(),
     });
@@ -140,19 +125,18 @@ pub async fn serve(
         };
         match packet::parse(&buf[..len]) {
             Ok(Packet::Rrq(req)) => {
+                // Every request starts a transfer, as in tftpd-hpa: a client that repeats
+                // its request locks onto the first answer and ends the other with error 5,
+                // while a client that ends one transfer and asks again at once (OVMF after
+                // its size probe) must never be mistaken for a repeat.
                 bump(&stats.requests);
-                if !shared.active.lock().is_ok_and(|mut a| a.insert(peer)) {
-                    tracing::debug!(%peer, "repeated TFTP request ignored; transfer under way");
-                    continue;
-                }
-                let active = Active(shared.clone(), peer);
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     bump(&stats.busy);
                     tracing::info!(%peer, file = %req.display_name(), "TFTP busy: transfer cap reached");
                     reply(ErrorCode::NotDefined, "server busy, try again", &mut out);
                     continue;
                 };
-                tasks.spawn(transfer(shared.clone(), req, peer, permit, active));
+                tasks.spawn(transfer(shared.clone(), req, peer, permit));
             }
             Ok(Packet::Wrq(req)) => {
                 bump(&stats.refused);
@@ -203,7 +187,6 @@ async fn transfer(
     req: Request,
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
-    _active: Active,
 ) {
     let stats = &shared.stats;
     let name = req.display_name();
@@ -224,7 +207,11 @@ async fn transfer(
     };
     if req.mode == Mode::Mail {
         tracing::info!(%peer, file = %name, "TFTP mail mode refused");
-        return refuse(ErrorCode::IllegalOperation, "mail mode not supported", &mut out);
+        return refuse(
+            ErrorCode::IllegalOperation,
+            "mail mode not supported",
+            &mut out,
+        );
     }
     let (roots, filename) = (shared.config.roots.clone(), req.filename.clone());
     let netascii = req.mode == Mode::Netascii;
@@ -243,7 +230,11 @@ async fn transfer(
         Ok(Ok(Some(s))) => s,
         Ok(Ok(None)) => {
             tracing::info!(%peer, file = %name, "TFTP netascii request for a large file refused");
-            return refuse(ErrorCode::NotDefined, "file too large for netascii", &mut out);
+            return refuse(
+                ErrorCode::NotDefined,
+                "file too large for netascii",
+                &mut out,
+            );
         }
         Ok(Err(refusal)) => {
             tracing::info!(%peer, file = %name, ?refusal, "TFTP request refused");
@@ -297,7 +288,12 @@ async fn transfer(
         Outcome::Shutdown => {
             bump(&stats.failed);
             tracing::debug!(%peer, file = %name, "TFTP transfer stopped by shutdown");
-            refuse_quietly(&sock, ErrorCode::NotDefined, "server shutting down", &mut out);
+            refuse_quietly(
+                &sock,
+                ErrorCode::NotDefined,
+                "server shutting down",
+                &mut out,
+            );
         }
     }
 }
@@ -372,22 +368,23 @@ async fn drive(
             _ = &mut stop => return Outcome::Shutdown,
             r = tokio::time::timeout_at(deadline, sock.recv(&mut rbuf)) => match r {
                 Err(_) => t.on_timeout(Instant::now()),
-                Ok(Ok(n)) => match packet::parse(&rbuf[..n]) {
-                    Ok(Packet::Ack(block)) => t.on_ack(block, Instant::now()),
-                    Ok(Packet::Error { code, message }) => {
-                        return if code == ErrorCode::OptionsRefused as u16 && t.is_awaiting_oack() {
-                            Outcome::Probe
-                        } else {
-                            Outcome::ClientError(code, message)
-                        };
-                    }
-                    _ => {
-                        bump(&stats.bad_packets);
-                        Step::Wait
+                Ok(Ok(n)) => match on_packet(&mut t, &rbuf[..n], stats) {
+                    Ok(step) => step,
+                    Err(end) => return end,
+                },
+                // ICMP port unreachable for something we sent: the client closed its port.
+                // The kernel reports that before datagrams already queued, which may hold
+                // the final ACK (a client that quits right after it), so read those first.
+                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => loop {
+                    match sock.try_recv(&mut rbuf) {
+                        Ok(n) => match on_packet(&mut t, &rbuf[..n], stats) {
+                            Ok(Step::Done) => return Outcome::Completed,
+                            Ok(_) => continue,
+                            Err(end) => return end,
+                        },
+                        Err(_) => return Outcome::Io(e),
                     }
                 },
-                // The client's port is closed (ICMP): it is gone.
-                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => return Outcome::Io(e),
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "TFTP transfer receive error");
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -395,6 +392,23 @@ async fn drive(
                 }
             },
         };
+    }
+}
+
+/// One datagram from the client: the next step, or how the transfer ended.
+fn on_packet(t: &mut Transfer, bytes: &[u8], stats: &Stats) -> Result<Step, Outcome> {
+    match packet::parse(bytes) {
+        Ok(Packet::Ack(block)) => Ok(t.on_ack(block, Instant::now())),
+        Ok(Packet::Error { code, .. })
+            if code == ErrorCode::OptionsRefused as u16 && t.is_awaiting_oack() =>
+        {
+            Err(Outcome::Probe)
+        }
+        Ok(Packet::Error { code, message }) => Err(Outcome::ClientError(code, message)),
+        _ => {
+            bump(&stats.bad_packets);
+            Ok(Step::Wait)
+        }
     }
 }
 
