@@ -94,8 +94,8 @@ pub fn negotiate(options: &[(String, String)], size: u64, limits: Limits) -> Neg
     }
     // The window depends on the final block size, so it is settled last.
     if let Some(asked) = window_asked {
-        let by_bytes = (MAX_WINDOW_BYTES / usize::from(n.blksize)).max(1);
-        n.windowsize = asked.min(MAX_WINDOW).min(by_bytes as u16);
+        let by_bytes = (MAX_WINDOW_BYTES / usize::from(n.blksize)).clamp(1, MAX_WINDOW.into());
+        n.windowsize = asked.min(by_bytes as u16);
         for (name, value) in &mut n.oack {
             if *name == "windowsize" {
                 *value = n.windowsize.to_string();
@@ -195,6 +195,10 @@ mod tests {
         );
         assert_eq!(n.blksize, 8968);
         assert_eq!(usize::from(n.windowsize), MAX_WINDOW_BYTES / 8968);
+        // Tiny blocks: the byte bound must not overflow the window count (found by fuzzing).
+        let n = negotiate(&opts(&[("blksize", "8"), ("windowsize", "6")]), 0, ETHERNET);
+        assert_eq!((n.blksize, n.windowsize), (8, 6));
+        assert_eq!(n.oack[1], ("windowsize", "6".to_string()));
     }
 
     #[test]
