@@ -38,6 +38,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'echo "bench/tftp.sh: command failed at line $LINENO" >&2' ERR
 
 # Not `command -v in.tftpd`: atftpd's package installs a symlink of that name.
 TFTPD_HPA=${TFTPD_HPA:-}
@@ -150,6 +151,11 @@ stop_server() {
 
 now() { date +%s.%N; }
 
+# CPU time (user + system, clock ticks) of the server process and its threads. tftpd-hpa
+# serves each transfer in a forked child that this does not see: "n/a" for it.
+ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+HZ=$(getconf CLK_TCK)
+
 # MB/s of one 64 MiB download with windowsize $1.
 single() {
   local t0 t1
@@ -180,7 +186,7 @@ concurrent() {
     'BEGIN {printf "%.1f", n / (b - a) / 1e6}'
 }
 
-declare -A W1 W16 CONC
+declare -A W1 W16 CONC CPU
 list=($SERVERS)
 for r in $(seq 1 "$RUNS"); do
   # Rotate which server goes first.
@@ -191,17 +197,29 @@ for r in $(seq 1 "$RUNS"); do
     start_server "$s"
     a=$(single 1)
     b=$(single 16)
+    t0=$(ticks)
     c=$(concurrent)
+    t1=$(ticks)
     stop_server
+    if [ "$s" = tftpd-hpa ]; then
+      cpu=n/a
+    else
+      # Server CPU milliseconds per MB served in the concurrent run: steadier than MB/s
+      # on a shared machine, where a starved single-threaded server mostly waits to run.
+      cpu=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v n=$((CONCURRENT * (30 << 20))) \
+        'BEGIN {printf "%.1f", t * 1000 / hz / (n / 1e6)}')
+    fi
+    CPU[$s]+="$cpu "
     W1[$s]+="$a "
     W16[$s]+="$b "
     CONC[$s]+="$c "
-    echo "run $r $s (load $load): windowsize 1 ${a} MB/s, windowsize 16 ${b} MB/s, ${CONCURRENT}x30 MiB ${c} MB/s" >&2
+    echo "run $r $s (load $load): windowsize 1 ${a} MB/s, windowsize 16 ${b} MB/s, ${CONCURRENT}x30 MiB ${c} MB/s (server CPU ${cpu} ms/MB)" >&2
   done
 done
 
 # median [min-max] of a list of decimals.
 summary() {
+  case $1 in n/a*) echo "n/a"; return ;; esac
   tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {
     if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2;
     printf "%.1f [%.1f-%.1f]", m, v[1], v[NR] }'
@@ -210,8 +228,8 @@ summary() {
 echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| server | 64 MiB, blksize 1468, windowsize 1 | 64 MiB, blksize 1468, windowsize 16 | ${CONCURRENT} x 30 MiB concurrent, blksize 1468 (aggregate) |"
-echo "|---|---|---|---|"
+echo "| server | 64 MiB, blksize 1468, windowsize 1 | 64 MiB, blksize 1468, windowsize 16 | ${CONCURRENT} x 30 MiB concurrent, blksize 1468 (aggregate) | server CPU ms/MB (concurrent) |"
+echo "|---|---|---|---|---|"
 for s in "${list[@]}"; do
-  echo "| $s | $(summary "${W1[$s]}") | $(summary "${W16[$s]}") | $(summary "${CONC[$s]}") |"
+  echo "| $s | $(summary "${W1[$s]}") | $(summary "${W16[$s]}") | $(summary "${CONC[$s]}") | $(summary "${CPU[$s]}") |"
 done
