@@ -345,7 +345,7 @@ fn refusals_never_reveal_paths() {
     if !need(&[]) {
         return;
     }
-    let net = setup("tftpref", &[]);
+    let mut net = setup("tftpref", &[]);
     let ipxe = net.images();
     let secret = net.slipway.dir.path().join("secret.txt");
     std::fs::write(&secret, b"not for clients").unwrap();
@@ -376,6 +376,8 @@ fn refusals_never_reveal_paths() {
     });
     let (errors, got) = results;
     assert_eq!(got, b"fine");
+    // The client is done once it sent the last ACK; the server, once it read it.
+    net.slipway.wait_log("TFTP transfer complete");
     let codes: Vec<u16> = errors.iter().map(|e| e.0).collect();
     assert_eq!(codes, [2, 2, 2, 2, 2, 2, 2, 1, 1], "{errors:?}");
     for (_, message) in &errors {
@@ -425,7 +427,7 @@ fn ovmf_size_probe_then_download_is_normal() {
         raw.download(raw.recv())
     });
     assert_eq!(got, body);
-    std::thread::sleep(Duration::from_millis(200));
+    net.slipway.wait_log("TFTP transfer complete");
     let logs = net.slipway.drain_logs().join("\n");
     assert!(
         !logs.contains("\"level\":\"WARN\"") && !logs.contains("\"level\":\"ERROR\""),
@@ -479,7 +481,7 @@ fn garbage_does_not_stop_a_real_client() {
     if !need(&["curl"]) {
         return;
     }
-    let net = setup("tftpjunk", &[]);
+    let mut net = setup("tftpjunk", &[]);
     let body = content(3_000_000, 11);
     std::fs::write(net.images().join("snponly.efi"), &body).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -525,6 +527,9 @@ fn garbage_does_not_stop_a_real_client() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = sprayer.join().unwrap();
+    for _ in 0..3 {
+        net.slipway.wait_log("TFTP transfer complete");
+    }
     assert!(sent > 1000, "{sent}");
     let (_, stats) = net.stop();
     assert!(stat(&stats, "bad_packets") >= sent / 4, "{sent} {stats}");
@@ -536,7 +541,7 @@ fn transfers_beyond_the_cap_are_told_busy() {
     if !need(&[]) {
         return;
     }
-    let net = setup("tftpcap", &["--tftp-max-transfers", "2"]);
+    let mut net = setup("tftpcap", &["--tftp-max-transfers", "2"]);
     let body = content(10_000, 13);
     std::fs::write(net.images().join("f.bin"), &body).unwrap();
     let (busy, got) = net.cli.within(|| {
@@ -560,6 +565,7 @@ fn transfers_beyond_the_cap_are_told_busy() {
     assert_eq!(busy.0, 0);
     assert!(busy.1.contains("busy"), "{busy:?}");
     assert_eq!(got, body);
+    net.slipway.wait_log("TFTP transfer complete");
     let (_, stats) = net.stop();
     assert_eq!(stat(&stats, "busy"), 1, "{stats}");
     assert_eq!(stat(&stats, "started"), 3, "{stats}");

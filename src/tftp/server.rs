@@ -21,6 +21,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use super::mmsg;
 use super::options::{self, Negotiated};
 use super::packet::{self, ErrorCode, Mode, Packet, Request};
 use super::path;
@@ -102,7 +103,6 @@ pub async fn serve(
     });
     let mut tasks = JoinSet::new();
     let mut buf = vec![0u8; 2048];
-    let mut out = Vec::with_capacity(64);
     let stop = shutdown.wait();
     tokio::pin!(stop);
     loop {
@@ -119,11 +119,6 @@ pub async fn serve(
                 }
             },
         };
-        let reply = |code, msg: &str, out: &mut Vec<u8>| {
-            out.clear();
-            packet::encode_error(code, msg, out);
-            let _ = sock.try_send_to(out, peer);
-        };
         match packet::parse(&buf[..len]) {
             Ok(Packet::Rrq(req)) => {
                 // Every request starts a transfer, as in tftpd-hpa: a client that repeats
@@ -134,7 +129,13 @@ pub async fn serve(
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     bump(&stats.busy);
                     tracing::info!(%peer, file = %req.display_name(), "TFTP busy: transfer cap reached");
-                    reply(ErrorCode::NotDefined, "server busy, try again", &mut out);
+                    send_error(
+                        &sock,
+                        Some(peer),
+                        ErrorCode::NotDefined,
+                        "server busy, try again",
+                    )
+                    .await;
                     continue;
                 };
                 tasks.spawn(transfer(shared.clone(), req, peer, permit));
@@ -142,7 +143,13 @@ pub async fn serve(
             Ok(Packet::Wrq(req)) => {
                 bump(&stats.refused);
                 tracing::info!(%peer, file = %req.display_name(), "TFTP write request refused");
-                reply(ErrorCode::AccessViolation, "read-only server", &mut out);
+                send_error(
+                    &sock,
+                    Some(peer),
+                    ErrorCode::AccessViolation,
+                    "read-only server",
+                )
+                .await;
             }
             Ok(other) => {
                 bump(&stats.bad_packets);
@@ -199,20 +206,13 @@ async fn transfer(
             return;
         }
     };
-    let mut out = Vec::with_capacity(128);
-    let refuse = |code, msg: &str, out: &mut Vec<u8>| {
+    let refuse = async |code, msg: &str| {
         bump(&stats.refused);
-        out.clear();
-        packet::encode_error(code, msg, out);
-        let _ = sock.try_send(out);
+        send_error(&sock, None, code, msg).await;
     };
     if req.mode == Mode::Mail {
         tracing::info!(%peer, file = %name, "TFTP mail mode refused");
-        return refuse(
-            ErrorCode::IllegalOperation,
-            "mail mode not supported",
-            &mut out,
-        );
+        return refuse(ErrorCode::IllegalOperation, "mail mode not supported").await;
     }
     let (roots, filename) = (shared.config.roots.clone(), req.filename.clone());
     let netascii = req.mode == Mode::Netascii;
@@ -231,15 +231,11 @@ async fn transfer(
         Ok(Ok(Some(s))) => s,
         Ok(Ok(None)) => {
             tracing::info!(%peer, file = %name, "TFTP netascii request for a large file refused");
-            return refuse(
-                ErrorCode::NotDefined,
-                "file too large for netascii",
-                &mut out,
-            );
+            return refuse(ErrorCode::NotDefined, "file too large for netascii").await;
         }
         Ok(Err(refusal)) => {
             tracing::info!(%peer, file = %name, ?refusal, "TFTP request refused");
-            return refuse(refusal.code(), refusal.message(), &mut out);
+            return refuse(refusal.code(), refusal.message()).await;
         }
         Err(e) => {
             bump(&stats.failed);
@@ -279,31 +275,32 @@ async fn transfer(
         Outcome::TimedOut => {
             bump(&stats.failed);
             tracing::warn!(%peer, file = %name, "TFTP transfer timed out");
-            refuse_quietly(&sock, ErrorCode::NotDefined, "timed out", &mut out);
+            send_error(&sock, None, ErrorCode::NotDefined, "timed out").await;
         }
         Outcome::Io(e) => {
             bump(&stats.failed);
             tracing::warn!(%peer, file = %name, error = %e, "TFTP transfer failed");
-            refuse_quietly(&sock, ErrorCode::NotDefined, "transfer failed", &mut out);
+            send_error(&sock, None, ErrorCode::NotDefined, "transfer failed").await;
         }
         Outcome::Shutdown => {
             bump(&stats.failed);
             tracing::debug!(%peer, file = %name, "TFTP transfer stopped by shutdown");
-            refuse_quietly(
-                &sock,
-                ErrorCode::NotDefined,
-                "server shutting down",
-                &mut out,
-            );
+            send_error(&sock, None, ErrorCode::NotDefined, "server shutting down").await;
         }
     }
 }
 
-/// Sends an error that ends a transfer (best effort: the client may be gone).
-fn refuse_quietly(sock: &UdpSocket, code: ErrorCode, msg: &str, out: &mut Vec<u8>) {
-    out.clear();
-    packet::encode_error(code, msg, out);
-    let _ = sock.try_send(out);
+/// Sends an error (to `to`, or on a connected socket to its peer); best effort, the client
+/// may be gone. Not `try_send`: on a socket just made, tokio does not yet know it is
+/// writable and would drop the datagram without trying.
+async fn send_error(sock: &UdpSocket, to: Option<SocketAddr>, code: ErrorCode, msg: &str) {
+    let mut out = Vec::with_capacity(32 + msg.len());
+    packet::encode_error(code, msg, &mut out);
+    let wait = Duration::from_millis(200);
+    let _ = match to {
+        Some(to) => tokio::time::timeout(wait, sock.send_to(&out, to)).await,
+        None => tokio::time::timeout(wait, sock.send(&out)).await,
+    };
 }
 
 /// A socket on the server's address and a fresh port, connected to the client.
@@ -331,7 +328,9 @@ async fn drive(
     packet::encode_oack(&neg.oack, &mut oack);
     let mut headers: Vec<[u8; 4]> = Vec::with_capacity(usize::from(neg.windowsize));
     let mut data = ReadAhead::default();
-    let mut rbuf = [0u8; 1024];
+    let fd = sock.as_raw_fd();
+    let mut bufs = [[0u8; mmsg::RECV_BUF]; mmsg::RECV_BATCH];
+    let mut lens = [0usize; mmsg::RECV_BATCH];
     let stop = shutdown.wait();
     tokio::pin!(stop);
     loop {
@@ -364,34 +363,63 @@ async fn drive(
             Step::TimedOut => return Outcome::TimedOut,
         }
         let deadline = tokio::time::Instant::from_std(t.deadline());
-        step = tokio::select! {
+        let ready = tokio::select! {
             biased;
             _ = &mut stop => return Outcome::Shutdown,
-            r = tokio::time::timeout_at(deadline, sock.recv(&mut rbuf)) => match r {
-                Err(_) => t.on_timeout(Instant::now()),
-                Ok(Ok(n)) => match on_packet(&mut t, &rbuf[..n], stats) {
-                    Ok(step) => step,
-                    Err(end) => return end,
-                },
-                // ICMP port unreachable for something we sent: the client closed its port.
-                // The kernel reports that before datagrams already queued, which may hold
-                // the final ACK (a client that quits right after it), so read those first.
-                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => loop {
-                    match sock.try_recv(&mut rbuf) {
-                        Ok(n) => match on_packet(&mut t, &rbuf[..n], stats) {
-                            Ok(Step::Done) => return Outcome::Completed,
-                            Ok(_) => continue,
-                            Err(end) => return end,
-                        },
-                        Err(_) => return Outcome::Io(e),
+            _ = tokio::time::sleep_until(deadline) => None,
+            r = sock.readable() => Some(r),
+        };
+        step = match ready {
+            None => t.on_timeout(Instant::now()),
+            Some(Err(e)) => return Outcome::Io(e),
+            Some(Ok(())) => {
+                let mut got = 0;
+                // A short batch proves the queue empty: answering WouldBlock makes tokio
+                // clear the readiness it saw before the call (a datagram arriving since
+                // sets it again), so the next wait needs no recv that only fails.
+                let r = sock.try_io(Interest::READABLE, || {
+                    got = mmsg::recv_batch(fd, &mut bufs, &mut lens)?;
+                    match got < mmsg::RECV_BATCH {
+                        true => Err(io::ErrorKind::WouldBlock.into()),
+                        false => Ok(()),
                     }
-                },
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "TFTP transfer receive error");
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    Step::Wait
+                });
+                match r {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // ICMP port unreachable for something we sent: the client closed its
+                    // port. The kernel reports that before datagrams already queued, which
+                    // may hold the final ACK (a client that quits right after it).
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => loop {
+                        let Ok(n) = mmsg::recv_batch(fd, &mut bufs, &mut lens) else {
+                            return Outcome::Io(e);
+                        };
+                        for k in 0..n {
+                            match on_packet(&mut t, &bufs[k][..lens[k]], stats) {
+                                Ok(Step::Done) => return Outcome::Completed,
+                                Ok(_) => {}
+                                Err(end) => return end,
+                            }
+                        }
+                    },
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TFTP transfer receive error");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                 }
-            },
+                // Several ACKs in one batch: the state machine takes them in order and the
+                // last thing it asks for is what to send.
+                let mut next = Step::Wait;
+                for k in 0..got {
+                    match on_packet(&mut t, &bufs[k][..lens[k]], stats) {
+                        Ok(Step::Done) => return Outcome::Completed,
+                        Ok(Step::Wait) => {}
+                        Ok(s) => next = s,
+                        Err(end) => return end,
+                    }
+                }
+                next
+            }
         };
     }
 }
@@ -425,7 +453,7 @@ async fn send_blocks(
     while from < headers.len() {
         from += sock
             .async_io(Interest::WRITABLE, || {
-                super::mmsg::send_window(fd, headers, data, blksize, from)
+                mmsg::send_window(fd, headers, data, blksize, from)
             })
             .await?;
     }
