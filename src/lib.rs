@@ -13,3 +13,4 @@ pub mod render;
 pub mod serve;
 pub mod status;
 pub mod store;
+pub mod tftp;

@@ -76,10 +76,16 @@ enum Command {
         /// DNS listen address (UDP and TCP); default: the bootstrapper address and dns port.
         #[arg(long)]
         dns_listen: Option<SocketAddr>,
+        /// TFTP listen address; default: the bootstrapper address and tftp port.
+        #[arg(long)]
+        tftp_listen: Option<SocketAddr>,
+        /// Concurrent TFTP transfers; requests beyond get a "busy" error.
+        #[arg(long, default_value_t = slipway::tftp::DEFAULT_MAX_TRANSFERS)]
+        tftp_max_transfers: usize,
         /// Boot assets: iPXE binaries under ipxe/, OS kernels and images (see images/README.md).
         #[arg(long, default_value = "images", env = "SLIPWAY_IMAGES_DIR")]
         images_dir: PathBuf,
-        /// Do not run this service here (repeatable): dhcp, dns.
+        /// Do not run this service here (repeatable): dhcp, dns, tftp.
         #[arg(long, value_enum)]
         disable: Vec<slipway::serve::Service>,
         /// Directory of template overrides (same names as the built-in templates/).
@@ -294,6 +300,8 @@ fn main() -> ExitCode {
             state_dir,
             http_listen,
             dns_listen,
+            tftp_listen,
+            tftp_max_transfers,
             images_dir,
             disable,
             templates,
@@ -316,6 +324,8 @@ fn main() -> ExitCode {
                 state_dir,
                 http_listen,
                 dns_listen,
+                tftp_listen,
+                tftp_max_transfers,
                 images_dir,
                 disable,
                 templates_dir: templates,

@@ -21,6 +21,10 @@ pub struct ServeOptions {
     pub http_listen: Option<SocketAddr>,
     /// Overrides the DNS listen address, UDP and TCP (default: bootstrapper address, dns port).
     pub dns_listen: Option<SocketAddr>,
+    /// Overrides the TFTP listen address (default: bootstrapper address, tftp port).
+    pub tftp_listen: Option<SocketAddr>,
+    /// Concurrent TFTP transfers; further requests get a "busy" error.
+    pub tftp_max_transfers: usize,
     /// Boot assets: `ipxe/` (first-stage binaries), OS kernels and images.
     pub images_dir: PathBuf,
     /// Services not to run here (e.g. DHCP when another host answers it).
@@ -38,6 +42,7 @@ pub struct ServeOptions {
 pub enum Service {
     Dhcp,
     Dns,
+    Tftp,
 }
 
 /// A cloneable shutdown signal for servers: resolves once shutdown was requested.
@@ -178,6 +183,31 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
             shutdown.clone(),
         )))
     };
+    let tftp = if opts.disable.contains(&Service::Tftp) {
+        None
+    } else {
+        let port = app.plan().bootstrapper.tftp_port;
+        let addr = opts
+            .tftp_listen
+            .unwrap_or_else(|| SocketAddr::new(address.into(), port));
+        let sock = crate::tftp::bind(addr)
+            .await
+            .with_context(|| format!("binding TFTP on {addr}"))?;
+        let tftp_addr = sock.local_addr()?;
+        let config = crate::tftp::Config {
+            roots: crate::tftp::roots(&opts.images_dir),
+            max_transfers: opts.tftp_max_transfers,
+        };
+        tracing::info!(%tftp_addr, "TFTP serving");
+        let stats = Arc::new(crate::tftp::Stats::default());
+        Some(tokio::spawn(crate::tftp::serve(
+            sock,
+            app.clone(),
+            config,
+            stats,
+            shutdown.clone(),
+        )))
+    };
     store.append_event(
         "serve.started",
         None,
@@ -216,6 +246,12 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         match tokio::time::timeout(Duration::from_secs(5), dns).await {
             Ok(joined) => joined??,
             Err(_) => tracing::warn!("DNS still busy after 5 s; stopping anyway"),
+        }
+    }
+    if let Some(tftp) = tftp {
+        match tokio::time::timeout(Duration::from_secs(5), tftp).await {
+            Ok(joined) => joined??,
+            Err(_) => tracing::warn!("TFTP still busy after 5 s; stopping anyway"),
         }
     }
     if let Some(dhcp) = dhcp {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::packet::ClientClass;
 
-/// TFTP names under the boot-files directory (`images/ipxe/`).
+/// TFTP names under the boot-file roots (`images/ipxe/`, then `/usr/lib/ipxe/`).
 pub const BIOS_FILE: &str = "undionly.kpxe";
 pub const UEFI_X64_FILE: &str = "snponly.efi";
 pub const UEFI_ARM64_FILE: &str = "arm64/snponly.efi";
@@ -16,9 +16,14 @@ pub struct BootFiles {
 }
 
 impl BootFiles {
+    /// Looks where TFTP serves from: `ipxe_dir`, then Debian's iPXE package, so a file is
+    /// offered exactly when TFTP can send it.
     pub fn scan(ipxe_dir: &Path) -> BootFiles {
+        let system = Path::new(crate::tftp::path::SYSTEM_IPXE_DIR);
         BootFiles {
-            arm64: ipxe_dir.join(UEFI_ARM64_FILE).is_file(),
+            arm64: [ipxe_dir, system]
+                .iter()
+                .any(|d| d.join(UEFI_ARM64_FILE).is_file()),
         }
     }
 }
