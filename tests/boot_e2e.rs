@@ -58,7 +58,7 @@ impl RunDir {
 impl Drop for RunDir {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("e2e: serial logs and state kept in {}", self.0.display());
+            eprintln!("e2e: serial and QEMU logs kept in {}", self.0.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.0);
         }

@@ -374,7 +374,8 @@ pub enum Firmware {
     UefiPxe,
     /// OVMF UEFI HTTP boot (IPv4 PXE switched off through fw_cfg; ROM removed).
     UefiHttp,
-    /// QEMU loads kernel and initramfs itself with this command line (development aid).
+    /// QEMU loads kernel and initramfs itself with this command line: a development aid for
+    /// the guest only; the tests boot through the network.
     Direct { append: String },
 }
 
@@ -393,7 +394,8 @@ pub struct Vm {
 
 impl Vm {
     /// Starts a machine named `name` with `mac` in `dir` (serial log `dir/<name>.serial.log`).
-    /// `disk`: attach a copy-on-nothing raw disk (read-only) after the NIC in the boot order.
+    /// `disk`: a raw disk attached read-only, after the NIC in the boot order (with
+    /// isa-debug-exit, so its boot sector can end the run).
     pub fn start(
         lan: &Lan,
         dir: &Path,
