@@ -67,6 +67,7 @@ pub fn vm_tools_available() -> bool {
         ("busybox", "/bin/busybox"),
         ("radvd", "/usr/sbin/radvd"),
         ("cpio", "/usr/bin/cpio"),
+        ("tap devices", "/dev/net/tun"),
     ];
     for (what, path) in needed {
         if !Path::new(path).exists() {
