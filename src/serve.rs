@@ -200,6 +200,7 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         };
         tracing::info!(%tftp_addr, "TFTP serving");
         let stats = Arc::new(crate::tftp::Stats::default());
+        let _ = app.tftp_stats.set(stats.clone());
         Some(tokio::spawn(crate::tftp::serve(
             sock,
             app.clone(),

@@ -90,6 +90,22 @@ pub fn render(app: &App) -> Result<String, StoreError> {
             .absolute(v.load(Ordering::Relaxed));
     }
 
+    if let Some(t) = app.tftp_stats.get() {
+        for (outcome, v) in [
+            ("requested", &t.requests),
+            ("started", &t.started),
+            ("completed", &t.completed),
+            ("failed", &t.failed),
+            ("size_probe", &t.size_probes),
+            ("refused", &t.refused),
+            ("busy", &t.busy),
+        ] {
+            counter!("slipway_tftp_transfers_total", "outcome" => outcome)
+                .absolute(v.load(Ordering::Relaxed));
+        }
+        counter!("slipway_tftp_bytes_total").absolute(t.bytes_sent.load(Ordering::Relaxed));
+        counter!("slipway_tftp_bad_packets_total").absolute(t.bad_packets.load(Ordering::Relaxed));
+    }
     let files = &app.files.stats;
     counter!("slipway_http_file_requests_total").absolute(files.requests.load(Ordering::Relaxed));
     counter!("slipway_http_file_bytes_total").absolute(files.bytes.load(Ordering::Relaxed));
