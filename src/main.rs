@@ -76,10 +76,19 @@ enum Command {
         /// DNS listen address (UDP and TCP); default: the bootstrapper address and dns port.
         #[arg(long)]
         dns_listen: Option<SocketAddr>,
+        /// Registry listen address; default: the bootstrapper address and registry port.
+        #[arg(long)]
+        registry_listen: Option<SocketAddr>,
+        /// Serve only the images already stored; never fetch from upstream registries.
+        #[arg(long)]
+        registry_offline: bool,
+        /// Largest blob a client may push to the registry, in bytes.
+        #[arg(long, default_value_t = slipway::registry::DEFAULT_MAX_UPLOAD)]
+        registry_max_upload: u64,
         /// Boot assets: iPXE binaries under ipxe/, OS kernels and images (see images/README.md).
         #[arg(long, default_value = "images", env = "SLIPWAY_IMAGES_DIR")]
         images_dir: PathBuf,
-        /// Do not run this service here (repeatable): dhcp, dns.
+        /// Do not run this service here (repeatable): dhcp, dns, registry.
         #[arg(long, value_enum)]
         disable: Vec<slipway::serve::Service>,
         /// Directory of template overrides (same names as the built-in templates/).
@@ -124,6 +133,11 @@ enum Command {
     Node {
         #[command(subcommand)]
         action: NodeAction,
+    },
+    /// The registry's images: import archives (air gap), list, garbage-collect.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
     },
     /// Inspect or renew the cluster's certificates under --state-dir.
     Pki {
@@ -188,6 +202,85 @@ enum PkiCommand {
         #[arg(long, value_enum, default_value_t = slipway::pki::KeyAlgorithm::EcdsaP256)]
         key_algorithm: slipway::pki::KeyAlgorithm,
     },
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Load OCI archives, OCI layouts or docker-archive tarballs (a directory: its *.tar)
+    /// under their recorded names. Safe while `serve` runs.
+    Import {
+        #[command(flatten)]
+        at: StorageArgs,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Store the (single) image under this reference instead, e.g. registry.k8s.io/pause:3.10.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Repositories, tags and digests stored.
+    List {
+        #[command(flatten)]
+        at: StorageArgs,
+    },
+    /// Remove blobs no manifest references. Stop `serve` first (it refuses otherwise).
+    Gc {
+        #[command(flatten)]
+        at: StorageArgs,
+        /// Report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Where the registry's storage is: --storage, else the description's registry.storage,
+/// else <state-dir>/registry.
+#[derive(clap::Args)]
+struct StorageArgs {
+    #[arg(
+        short,
+        long,
+        default_value = "cluster-desc.yaml",
+        env = "SLIPWAY_CONFIG"
+    )]
+    config: PathBuf,
+    #[arg(long, default_value = "/var/lib/slipway", env = "SLIPWAY_STATE_DIR")]
+    state_dir: PathBuf,
+    /// The registry storage directory itself (the description is then not read).
+    #[arg(long)]
+    storage: Option<PathBuf>,
+}
+
+impl StorageArgs {
+    fn dir(&self) -> Result<PathBuf, ExitCode> {
+        match &self.storage {
+            Some(s) => Ok(s.clone()),
+            None => load_or_report(&self.config).map(|d| {
+                slipway::registry::cli::storage_dir(&Plan::from_desc(&d), &self.state_dir)
+            }),
+        }
+    }
+}
+
+fn run_images(command: ImagesCommand) -> ExitCode {
+    use slipway::registry::cli;
+    let result = match &command {
+        ImagesCommand::Import { at, paths, name } => at
+            .dir()
+            .map(|dir| cli::import(&dir, paths, name.as_deref())),
+        ImagesCommand::List { at } => at.dir().map(|dir| cli::list(&dir)),
+        ImagesCommand::Gc { at, dry_run } => at.dir().map(|dir| cli::gc(&dir, *dry_run)),
+    };
+    match result {
+        Err(code) => code,
+        Ok(Ok(out)) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -280,6 +373,9 @@ fn main() -> ExitCode {
             state_dir,
             http_listen,
             dns_listen,
+            registry_listen,
+            registry_offline,
+            registry_max_upload,
             images_dir,
             disable,
             templates,
@@ -300,6 +396,11 @@ fn main() -> ExitCode {
                 state_dir,
                 http_listen,
                 dns_listen,
+                registry_listen,
+                registry: slipway::registry::Options {
+                    offline: registry_offline,
+                    max_upload: registry_max_upload,
+                },
                 images_dir,
                 disable,
                 templates_dir: templates,
@@ -378,6 +479,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Pki { command } => run_pki(command),
+        Command::Images { command } => run_images(command),
         Command::Render {
             config,
             state_dir,
