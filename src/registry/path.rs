@@ -393,7 +393,7 @@ mod tests {
         );
         assert_eq!(
             parse("/v2/a/blobs/uploads/../x").unwrap_err(),
-            PathError::Upload
+            PathError::NotFound
         );
         assert_eq!(
             parse("/v2/a/blobs/uploads/zz").unwrap_err(),
