@@ -621,7 +621,6 @@ fn upload_headers(resp: &mut Response, name: &str, id: &str, len: u64) {
     let range = format!("0-{}", len.saturating_sub(1));
     h.insert(header::RANGE, HeaderValue::from_str(&range).expect("ASCII"));
     h.insert(UUID_HEADER, HeaderValue::from_str(id).expect("hex id"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
 }
 
 fn blob_created(name: &str, d: &Digest) -> Response {
@@ -631,7 +630,6 @@ fn blob_created(name: &str, d: &Digest) -> Response {
         h.insert(header::LOCATION, v);
     }
     set_digest(h, d);
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
     resp
 }
 
