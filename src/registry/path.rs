@@ -250,32 +250,38 @@ pub fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<std::borrow:
     })
 }
 
+/// A `Range` the blob cannot satisfy (416).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
 /// A requested byte range of a blob of `len` bytes, from a `Range: bytes=...` header.
-/// `Ok(None)` means the whole blob; `Err` means 416.
-pub fn parse_range(header: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
-    let spec = header.trim().strip_prefix("bytes=").ok_or(())?;
+/// `Ok(None)` means the whole blob.
+pub fn parse_range(header: &str, len: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
+    let spec = header.trim().strip_prefix("bytes=").ok_or(Unsatisfiable)?;
     if spec.contains(',') {
-        return Err(()); // one range only
+        return Err(Unsatisfiable); // one range only
     }
-    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = spec.split_once('-').ok_or(Unsatisfiable)?;
     let (a, b) = (a.trim(), b.trim());
     let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| ())?;
+        let n: u64 = b.parse().map_err(|_| Unsatisfiable)?;
         if n == 0 || len == 0 {
-            return Err(());
+            return Err(Unsatisfiable);
         }
         (len.saturating_sub(n), len - 1)
     } else {
-        let start: u64 = a.parse().map_err(|_| ())?;
+        let start: u64 = a.parse().map_err(|_| Unsatisfiable)?;
         let end = if b.is_empty() {
             len.saturating_sub(1)
         } else {
-            b.parse::<u64>().map_err(|_| ())?.min(len.saturating_sub(1))
+            b.parse::<u64>()
+                .map_err(|_| Unsatisfiable)?
+                .min(len.saturating_sub(1))
         };
         (start, end)
     };
     if start >= len || start > end {
-        return Err(());
+        return Err(Unsatisfiable);
     }
     if start == 0 && end + 1 == len {
         return Ok(None);
@@ -435,11 +441,11 @@ mod tests {
         assert_eq!(parse_range("bytes=2-100", 10), Ok(Some((2, 9))));
         assert_eq!(parse_range("bytes=-3", 10), Ok(Some((7, 9))));
         assert_eq!(parse_range("bytes=-30", 10), Ok(None));
-        assert_eq!(parse_range("bytes=10-", 10), Err(()));
-        assert_eq!(parse_range("bytes=5-2", 10), Err(()));
-        assert_eq!(parse_range("bytes=0-1,3-4", 10), Err(()));
-        assert_eq!(parse_range("items=0-1", 10), Err(()));
-        assert_eq!(parse_range("bytes=-0", 10), Err(()));
+        assert_eq!(parse_range("bytes=10-", 10), Err(Unsatisfiable));
+        assert_eq!(parse_range("bytes=5-2", 10), Err(Unsatisfiable));
+        assert_eq!(parse_range("bytes=0-1,3-4", 10), Err(Unsatisfiable));
+        assert_eq!(parse_range("items=0-1", 10), Err(Unsatisfiable));
+        assert_eq!(parse_range("bytes=-0", 10), Err(Unsatisfiable));
         assert_eq!(parse_content_range("0-99"), Some((0, 99)));
         assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, 199)));
         assert_eq!(parse_content_range("x"), None);
