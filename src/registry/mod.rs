@@ -26,6 +26,8 @@ pub mod import;
 pub mod manifest;
 pub mod path;
 mod pull;
+#[cfg(test)]
+mod pull_tests;
 pub mod storage;
 pub mod upstream;
 mod writer;
