@@ -28,7 +28,7 @@ done
 cleanup() {
   for pid in $(ip netns pids "$NS" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
   ip netns del "$NS" 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ -n "${KEEP_WORK:-}" ]; then echo "work files kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -107,7 +107,8 @@ wait_port() {
 PID=
 start_peer() { # port dir [proxy-url] [access log on]
   distribution_cfg "$1" "$2" "${3:-}" "${4:-true}" >"$WORK/peer-$1.yml"
-  inns taskset -c 1 docker-registry serve "$WORK/peer-$1.yml" >"$WORK/peer-$1.log" 2>&1 &
+  # Not through `inns`: a backgrounded function is a subshell, and $! would be its pid.
+  ip netns exec "$NS" taskset -c 1 docker-registry serve "$WORK/peer-$1.yml" >"$WORK/peer-$1.log" 2>&1 &
   PID=$!
   wait_port "$1"
 }
@@ -140,14 +141,25 @@ registry:
 EOF
 
 start_slipway() { # state-dir
-  inns taskset -c 1 "$BIN" serve -c "$WORK/cluster-desc.yaml" --state-dir "$1" \
+  ip netns exec "$NS" taskset -c 1 "$BIN" serve -c "$WORK/cluster-desc.yaml" --state-dir "$1" \
     --http-listen 127.0.0.1:0 --registry-listen "127.0.0.1:$SLW_PORT" --disable dhcp --disable dns \
     --images-dir "$WORK/none" >"$WORK/slipway.log" 2>&1 &
   PID=$!
   wait_port "$SLW_PORT"
 }
 
-stop() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
+# Stops the last server started and makes sure its port is free again.
+stop() {
+  kill "$PID" 2>/dev/null || true
+  wait "$PID" 2>/dev/null || true
+  for p in $SLW_PORT $PEER_PORT $PROXY_PORT; do
+    if inns curl -s -o /dev/null "http://127.0.0.1:$p/v2/"; then
+      echo "bench/registry.sh: port $p still answers after stopping pid $PID" >&2
+      inns ss -ltnp >&2
+      exit 1
+    fi
+  done
+}
 
 now() { date +%s.%N; }
 mbps() { python3 -c "print(f'{$1 / ($3 - $2) / 1e6:.0f}')"; }
