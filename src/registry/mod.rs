@@ -29,6 +29,7 @@ mod pull;
 #[cfg(test)]
 mod pull_tests;
 pub mod storage;
+mod uploads;
 pub mod upstream;
 mod writer;
 

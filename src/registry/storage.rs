@@ -459,6 +459,22 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_writers_of_one_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+        let digests: Vec<Digest> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| s.put_blob_reader(&mut &data[..], None, "up").unwrap().0))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(digests.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(s.read_blob(&digests[0]).unwrap(), data);
+        assert_eq!(fs::read_dir(dir.path().join("uploads")).unwrap().count(), 0);
+    }
+
+    #[test]
     fn gc_lock_excludes_serve() {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path()).unwrap();
