@@ -137,7 +137,7 @@ enum Command {
     /// The registry's images: import archives (air gap), list, garbage-collect.
     Images {
         #[command(subcommand)]
-        command: ImagesCommand,
+        command: slipway::registry::cli::ImagesCommand,
     },
     /// Inspect or renew the cluster's certificates under --state-dir.
     Pki {
@@ -202,85 +202,6 @@ enum PkiCommand {
         #[arg(long, value_enum, default_value_t = slipway::pki::KeyAlgorithm::EcdsaP256)]
         key_algorithm: slipway::pki::KeyAlgorithm,
     },
-}
-
-#[derive(Subcommand)]
-enum ImagesCommand {
-    /// Load OCI archives, OCI layouts or docker-archive tarballs (a directory: its *.tar)
-    /// under their recorded names. Safe while `serve` runs.
-    Import {
-        #[command(flatten)]
-        at: StorageArgs,
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
-        /// Store the (single) image under this reference instead, e.g. registry.k8s.io/pause:3.10.
-        #[arg(long)]
-        name: Option<String>,
-    },
-    /// Repositories, tags and digests stored.
-    List {
-        #[command(flatten)]
-        at: StorageArgs,
-    },
-    /// Remove blobs no manifest references. Stop `serve` first (it refuses otherwise).
-    Gc {
-        #[command(flatten)]
-        at: StorageArgs,
-        /// Report what would be removed.
-        #[arg(long)]
-        dry_run: bool,
-    },
-}
-
-/// Where the registry's storage is: --storage, else the description's registry.storage,
-/// else <state-dir>/registry.
-#[derive(clap::Args)]
-struct StorageArgs {
-    #[arg(
-        short,
-        long,
-        default_value = "cluster-desc.yaml",
-        env = "SLIPWAY_CONFIG"
-    )]
-    config: PathBuf,
-    #[arg(long, default_value = "/var/lib/slipway", env = "SLIPWAY_STATE_DIR")]
-    state_dir: PathBuf,
-    /// The registry storage directory itself (the description is then not read).
-    #[arg(long)]
-    storage: Option<PathBuf>,
-}
-
-impl StorageArgs {
-    fn dir(&self) -> Result<PathBuf, ExitCode> {
-        match &self.storage {
-            Some(s) => Ok(s.clone()),
-            None => load_or_report(&self.config).map(|d| {
-                slipway::registry::cli::storage_dir(&Plan::from_desc(&d), &self.state_dir)
-            }),
-        }
-    }
-}
-
-fn run_images(command: ImagesCommand) -> ExitCode {
-    use slipway::registry::cli;
-    let result = match &command {
-        ImagesCommand::Import { at, paths, name } => at
-            .dir()
-            .map(|dir| cli::import(&dir, paths, name.as_deref())),
-        ImagesCommand::List { at } => at.dir().map(|dir| cli::list(&dir)),
-        ImagesCommand::Gc { at, dry_run } => at.dir().map(|dir| cli::gc(&dir, *dry_run)),
-    };
-    match result {
-        Err(code) => code,
-        Ok(Ok(out)) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
-        Ok(Err(e)) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 #[derive(clap::Args)]
@@ -479,7 +400,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Pki { command } => run_pki(command),
-        Command::Images { command } => run_images(command),
+        Command::Images { command } => slipway::registry::cli::run(command),
         Command::Render {
             config,
             state_dir,

@@ -4,12 +4,95 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 
 use super::import;
 use super::storage::Storage;
 use crate::plan::Plan;
+
+#[derive(clap::Subcommand)]
+pub enum ImagesCommand {
+    /// Load OCI archives, OCI layouts or docker-archive tarballs (a directory: its *.tar)
+    /// under their recorded names. Safe while `serve` runs.
+    Import {
+        #[command(flatten)]
+        at: StorageArgs,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Store the (single) image under this reference instead, e.g. registry.k8s.io/pause:3.10.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Repositories, tags and digests stored.
+    List {
+        #[command(flatten)]
+        at: StorageArgs,
+    },
+    /// Remove blobs no manifest references. Stop `serve` first (it refuses otherwise).
+    Gc {
+        #[command(flatten)]
+        at: StorageArgs,
+        /// Report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Where the registry's storage is: --storage, else the description's registry.storage,
+/// else <state-dir>/registry.
+#[derive(clap::Args)]
+pub struct StorageArgs {
+    #[arg(
+        short,
+        long,
+        default_value = "cluster-desc.yaml",
+        env = "SLIPWAY_CONFIG"
+    )]
+    config: PathBuf,
+    #[arg(long, default_value = "/var/lib/slipway", env = "SLIPWAY_STATE_DIR")]
+    state_dir: PathBuf,
+    /// The registry storage directory itself (the description is then not read).
+    #[arg(long)]
+    storage: Option<PathBuf>,
+}
+
+impl StorageArgs {
+    fn dir(&self) -> Result<PathBuf> {
+        match &self.storage {
+            Some(s) => Ok(s.clone()),
+            None => match crate::desc::load(&self.config) {
+                Ok(d) => Ok(storage_dir(&Plan::from_desc(&d), &self.state_dir)),
+                Err(diags) => {
+                    eprint!("{diags}");
+                    bail!("{} is invalid", self.config.display())
+                }
+            },
+        }
+    }
+}
+
+/// `slipway images ...`: prints the result, or `error: ...` with exit status 1.
+pub fn run(command: ImagesCommand) -> ExitCode {
+    let result = match &command {
+        ImagesCommand::Import { at, paths, name } => at
+            .dir()
+            .and_then(|dir| import(&dir, paths, name.as_deref())),
+        ImagesCommand::List { at } => at.dir().and_then(|dir| list(&dir)),
+        ImagesCommand::Gc { at, dry_run } => at.dir().and_then(|dir| gc(&dir, *dry_run)),
+    };
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// The registry's storage: the description's `registry.storage`, else `<state_dir>/registry`.
 pub fn storage_dir(plan: &Plan, state_dir: &Path) -> PathBuf {
