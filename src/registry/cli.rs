@@ -161,6 +161,9 @@ pub fn import(dir: &Path, paths: &[PathBuf], name: Option<&str>) -> Result<Strin
 
 /// `REPOSITORY TAG DIGEST`, one line per tag; untagged manifests are not listed.
 pub fn list(dir: &Path) -> Result<String> {
+    if !dir.is_dir() {
+        bail!("no registry storage at {}", dir.display());
+    }
     let storage = Storage::open(dir)
         .with_context(|| format!("opening the registry storage {}", dir.display()))?;
     let mut rows = vec![(
