@@ -163,6 +163,13 @@ stop() {
 
 now() { date +%s.%N; }
 mbps() { python3 -c "print(f'{$1 / ($3 - $2) / 1e6:.0f}')"; }
+TICKS=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$PID/stat"; } # server user+system ticks
+# "MB/s,CPU" for bytes t0 t1 cpu0 cpu1: CPU is the server's CPU seconds per GB sent, which
+# a loaded machine disturbs less than MB/s.
+measure() {
+  python3 -c "print(f'{$1 / ($3 - $2) / 1e6:.0f},{($5 - $4) / $TICKS / ($1 / 1e9):.2f}')"
+}
 
 # Fills both registries with the image once (skopeo keeps the gzip layers as they are).
 mkdir -p "$WORK/slw-state" "$WORK/peer-data"
@@ -176,26 +183,26 @@ stop
 
 pull1() { # port
   rm -rf "$WORK/out"
-  local t0 t1; t0=$(now)
+  local t0 t1 c0 c1; t0=$(now); c0=$(cpu)
   inns taskset -c 0 skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$1/bench/img:1" "dir:$WORK/out"
-  t1=$(now); mbps "$BYTES" "$t0" "$t1"
+  t1=$(now); c1=$(cpu); measure "$BYTES" "$t0" "$t1" "$c0" "$c1"
 }
 pull20() { # port
-  local t0 t1 pids=(); t0=$(now)
+  local t0 t1 c0 c1 pids=(); t0=$(now); c0=$(cpu)
   for i in $(seq 1 20); do
     rm -rf "$WORK/out$i"
     inns taskset -c 0 skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$1/bench/img:1" "dir:$WORK/out$i" &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done
-  t1=$(now); mbps "$((BYTES * 20))" "$t0" "$t1"
+  t1=$(now); c1=$(cpu); measure "$((BYTES * 20))" "$t0" "$t1" "$c0" "$c1"
 }
 raw() { # port
-  local urls=() t0 t1
+  local urls=() t0 t1 c0 c1
   for l in "${LAYERS[@]}"; do urls+=("http://127.0.0.1:$1/v2/bench/img/blobs/$l" -o /dev/null); done
-  t0=$(now)
+  t0=$(now); c0=$(cpu)
   inns taskset -c 0 curl -s "${urls[@]}"
-  t1=$(now); mbps "$LAYER_BYTES" "$t0" "$t1"
+  t1=$(now); c1=$(cpu); measure "$LAYER_BYTES" "$t0" "$t1" "$c0" "$c1"
 }
 
 declare -A R
@@ -242,13 +249,17 @@ done
 kill "$UP_PID" 2>/dev/null || true
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# median [min-max] of "a b c" (for "MB/s/fetches" entries: of the MB/s, fetches listed).
+# median [min-max] of "a b c"; entries "MB/s,CPU" add the median CPU s/GB, entries
+# "MB/s/fetches" list the upstream fetches of each run.
 summary() {
   python3 - "$1" <<'EOF'
 import sys
 vals = sys.argv[1].split()
-mbs = sorted(float(v.split("/")[0]) for v in vals)
-out = f"{mbs[len(mbs)//2]:.0f} [{mbs[0]:.0f}-{mbs[-1]:.0f}]"
+med = lambda xs: sorted(xs)[len(xs) // 2]
+mbs = sorted(float(v.split("/")[0].split(",")[0]) for v in vals)
+out = f"{med(mbs):.0f} [{mbs[0]:.0f}-{mbs[-1]:.0f}]"
+if "," in vals[0]:
+    out += f" ({med([float(v.split(',')[1]) for v in vals]):.2f} CPU s/GB)"
 if "/" in vals[0]:
     out += " MB/s, upstream blob GETs " + ",".join(v.split("/")[1] for v in vals)
 print(out)

@@ -7,8 +7,8 @@
 //! through the mirror, `busybox:1.36` becomes `docker.io/library/busybox`.
 //!
 //! The import is safe while `serve` runs: blobs are verified and renamed into place, links
-//! and tags are atomic files, and the storage lock (held shared by both) only keeps `gc`
-//! out.
+//! and tags are atomic files, its temporary files (`imp-*`) are its own (serve cleans only
+//! its own at start), and the storage lock (held shared by both) only keeps `gc` out.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -132,7 +132,7 @@ fn store_entry(storage: &Storage, scan: &mut Scan, name: &str, r: &mut dyn Read)
                 &mut scan.docker
             };
             *slot = Some(buf.clone());
-            let d = storage.put_blob_bytes(&buf, None)?;
+            let d = storage.put_blob_reader(&mut &buf[..], None, "imp")?.0;
             scan.files.insert(name.to_string(), (d, buf.len() as u64));
         }
         "oci-layout" | "repositories" => {}
@@ -367,7 +367,7 @@ fn link_docker(
             "layers": layers,
         });
         let bytes = serde_json::to_vec_pretty(&m)?;
-        let d = storage.put_blob_bytes(&bytes, None)?;
+        let d = storage.put_blob_reader(&mut &bytes[..], None, "imp")?.0;
         let refs: Vec<ImageRef> = match over {
             Some(r) => vec![r.clone()],
             None => e
