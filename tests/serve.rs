@@ -33,6 +33,8 @@ impl Server {
                 "dhcp",
                 "--disable",
                 "dns",
+                "--disable",
+                "registry",
                 "-c",
             ])
             .arg(config)
