@@ -19,6 +19,8 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 NS=slwb-reg-$$
 WORK=$(mktemp -d)
+# Client copies go to memory (2 GB per 20-client run), deleted after each scenario.
+OUT=$(mktemp -d -p /dev/shm)
 SLW_PORT=5000 PEER_PORT=5001 UP_PORT=5002 PROXY_PORT=5003
 
 for t in skopeo docker-registry curl python3 taskset ip; do
@@ -28,6 +30,7 @@ done
 cleanup() {
   for pid in $(ip netns pids "$NS" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
   ip netns del "$NS" 2>/dev/null || true
+  rm -rf "$OUT"
   if [ -n "${KEEP_WORK:-}" ]; then echo "work files kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -182,26 +185,28 @@ inns skopeo copy -q --dest-tls-verify=false "oci:$WORK/img:1" "docker://127.0.0.
 stop
 
 pull1() { # port
-  rm -rf "$WORK/out"
+  rm -rf "$OUT/out"
   local t0 t1 c0 c1; t0=$(now); c0=$(cpu)
-  inns taskset -c 0 skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$1/bench/img:1" "dir:$WORK/out"
+  inns taskset -c 0 skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$1/bench/img:1" "dir:$OUT/out" \
+    || touch "$WORK/failed"
   t1=$(now); c1=$(cpu); measure "$BYTES" "$t0" "$t1" "$c0" "$c1"
 }
 pull20() { # port
   local t0 t1 c0 c1 pids=(); t0=$(now); c0=$(cpu)
   for i in $(seq 1 20); do
-    rm -rf "$WORK/out$i"
-    inns taskset -c 0 skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$1/bench/img:1" "dir:$WORK/out$i" &
+    rm -rf "$OUT/out$i"
+    inns taskset -c 0 skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$1/bench/img:1" "dir:$OUT/out$i" &
     pids+=($!)
   done
-  for p in "${pids[@]}"; do wait "$p"; done
+  for p in "${pids[@]}"; do wait "$p" || touch "$WORK/failed"; done
   t1=$(now); c1=$(cpu); measure "$((BYTES * 20))" "$t0" "$t1" "$c0" "$c1"
+  rm -rf "$OUT"/out*
 }
 raw() { # port
   local urls=() t0 t1 c0 c1
   for l in "${LAYERS[@]}"; do urls+=("http://127.0.0.1:$1/v2/bench/img/blobs/$l" -o /dev/null); done
   t0=$(now); c0=$(cpu)
-  inns taskset -c 0 curl -s "${urls[@]}"
+  inns taskset -c 0 curl -sf "${urls[@]}" || touch "$WORK/failed"
   t1=$(now); c1=$(cpu); measure "$LAYER_BYTES" "$t0" "$t1" "$c0" "$c1"
 }
 
@@ -214,6 +219,7 @@ for run in $(seq 1 "$RUNS"); do
     R[$who,x20]+="$(pull20 $port) "
     R[$who,raw]+="$(raw $port) "
     stop
+    [ ! -e "$WORK/failed" ] || { echo "bench/registry.sh: a client failed ($who, run $run)" >&2; exit 1; }
   done
 done
 LOAD_PULLS=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -228,12 +234,13 @@ miss20() { # port name -> "MB/s fetches"
   before=$(grep -c '"GET /v2/library/big/blobs/' "$WORK/peer-$UP_PORT.log" || true)
   t0=$(now)
   for i in $(seq 1 20); do
-    rm -rf "$WORK/miss$i"
-    inns taskset -c 0 skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$1/$2" "dir:$WORK/miss$i" &
+    rm -rf "$OUT/miss$i"
+    inns taskset -c 0 skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$1/$2" "dir:$OUT/miss$i" &
     pids+=($!)
   done
-  for p in "${pids[@]}"; do wait "$p"; done
+  for p in "${pids[@]}"; do wait "$p" || touch "$WORK/failed"; done
   t1=$(now)
+  rm -rf "$OUT"/miss*
   after=$(grep -c '"GET /v2/library/big/blobs/' "$WORK/peer-$UP_PORT.log" || true)
   echo "$(mbps "$((BYTES * 20))" "$t0" "$t1")/$((after - before))"
 }
@@ -245,6 +252,7 @@ for run in $(seq 1 "$RUNS"); do
   start_slipway "$WORK/slw-miss"
   R[slipway,miss]+="$(miss20 $SLW_PORT docker.io/library/big:1) "
   stop
+  [ ! -e "$WORK/failed" ] || { echo "bench/registry.sh: a client failed (cache miss, run $run)" >&2; exit 1; }
 done
 kill "$UP_PID" 2>/dev/null || true
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
