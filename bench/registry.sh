@@ -249,10 +249,11 @@ for run in $(seq 1 "$RUNS"); do
   start_peer "$PROXY_PORT" "$WORK/proxy-data" "http://127.0.0.1:$UP_PORT"
   R[peer,miss]+="$(miss20 $PROXY_PORT library/big:1) "
   stop
+  [ ! -e "$WORK/failed" ] || { echo "bench/registry.sh: a client failed (cache miss via the peer proxy, run $run)" >&2; exit 1; }
   start_slipway "$WORK/slw-miss"
   R[slipway,miss]+="$(miss20 $SLW_PORT docker.io/library/big:1) "
   stop
-  [ ! -e "$WORK/failed" ] || { echo "bench/registry.sh: a client failed (cache miss, run $run)" >&2; exit 1; }
+  [ ! -e "$WORK/failed" ] || { echo "bench/registry.sh: a client failed (cache miss via Slipway, run $run)" >&2; exit 1; }
 done
 kill "$UP_PID" 2>/dev/null || true
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
