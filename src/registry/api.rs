@@ -361,6 +361,20 @@ async fn get_manifest(
     Ok(resp)
 }
 
+/// 200 with a whole blob's body and headers.
+fn blob_response(body: Body, d: &Digest, len: u64) -> Response {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    set_digest(h, d);
+    resp
+}
+
 fn upstream_failed() -> Response {
     oci_error(
         StatusCode::BAD_GATEWAY,
@@ -508,7 +522,23 @@ async fn get_blob(
     } else {
         Counters::add(&reg.counters.cache_misses, 1);
         if let Some(src) = r.upstream.clone().filter(|_| !reg.options.offline) {
-            match super::pull::fetch_blob(reg.clone(), src, d.clone()).await {
+            // The fetch runs on (for the other clients) even if this one goes away.
+            let mut fetch = tokio::spawn(super::pull::fetch_blob(reg.clone(), src, d.clone()));
+            // Whole-blob GETs stream along with the download; HEAD and ranges wait for it.
+            let follows = !head && !headers.contains_key(header::RANGE);
+            let fetched = loop {
+                let started = reg.download_started.notified();
+                tokio::pin!(started);
+                started.as_mut().enable();
+                if follows && let Some((len, body)) = super::follow::follow(reg, d).await {
+                    return Ok(blob_response(body, d, len));
+                }
+                tokio::select! {
+                    _ = &mut started => continue,
+                    r = &mut fetch => break r.map_err(internal)?,
+                }
+            };
+            match fetched {
                 Ok(true) => size = reg.storage.blob_size(d),
                 Ok(false) => {}
                 Err(e) => {

@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod cli;
+mod follow;
 pub mod import;
 pub mod manifest;
 pub mod path;
@@ -84,6 +85,8 @@ pub struct Counters {
     pub cache_hits: AtomicU64,
     /// Requests for content not stored (fetched upstream when possible).
     pub cache_misses: AtomicU64,
+    /// Blob requests served from a download still in progress.
+    pub followed: AtomicU64,
     /// Manifests and blobs downloaded from upstreams.
     pub upstream_fetches: AtomicU64,
     pub upstream_bytes: AtomicU64,
@@ -96,7 +99,7 @@ impl Counters {
         c.load(Ordering::Relaxed)
     }
 
-    fn add(c: &AtomicU64, n: u64) {
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
     }
 }
@@ -117,6 +120,9 @@ pub struct Registry {
     /// Singleflight: one lock per manifest or blob being fetched; later requesters wait on
     /// it and then find the content stored.
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Blob downloads in progress, which other requests can follow (`follow`).
+    downloads: Mutex<HashMap<String, tokio::sync::watch::Receiver<follow::Progress>>>,
+    download_started: tokio::sync::Notify,
     _lock: StorageLock,
 }
 
@@ -208,6 +214,8 @@ impl Registry {
             client: UpstreamClient::new(),
             sessions: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            downloads: Mutex::new(HashMap::new()),
+            download_started: tokio::sync::Notify::new(),
             _lock: lock,
         })
     }

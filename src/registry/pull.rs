@@ -3,7 +3,8 @@
 //!
 //! Singleflight: each fetch runs in its own task under a per-item async lock. Requests for
 //! the same item while it downloads wait on that lock, then find it stored: twenty clients
-//! asking at once cost one upstream download. Running the download in a task of its own
+//! asking at once cost one upstream download. Whole-blob GETs need not wait: they follow
+//! the download as it is written (`follow`). Running the download in a task of its own
 //! lets it finish for the others when the first client goes away.
 
 use std::path::Path;
@@ -19,6 +20,7 @@ use hyper::header;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, ReadBuf};
 
 use super::api::MAX_MANIFEST;
+use super::follow::Publisher;
 use super::path::{Digest, Reference};
 use super::storage::StorageError;
 use super::upstream::UpstreamError;
@@ -185,7 +187,14 @@ pub async fn fetch_blob(reg: Arc<Registry>, src: Source, d: Digest) -> Result<bo
                 StatusCode::NOT_FOUND => return Ok(false),
                 s => return Err(UpstreamError::Status(s).into()),
             }
+            let total = resp
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
             let mut w = BlobWriter::create(&reg.storage, "pt").await?;
+            // Others can follow the download when its length is known.
+            let mut publisher = total.map(|t| Publisher::start(reg.clone(), &d, &w, t));
             let mut body = resp.into_body();
             while let Some(frame) = tokio::time::timeout(IDLE, body.frame())
                 .await
@@ -194,6 +203,9 @@ pub async fn fetch_blob(reg: Arc<Registry>, src: Source, d: Digest) -> Result<bo
                 let frame = frame.map_err(|e| FetchError::Body(e.to_string()))?;
                 if let Ok(data) = frame.into_data() {
                     w.write(&data).await?;
+                    if let Some(p) = publisher.as_mut() {
+                        p.advance(&mut w).await?;
+                    }
                 }
             }
             let (_, n) = w
@@ -205,6 +217,9 @@ pub async fn fetch_blob(reg: Arc<Registry>, src: Source, d: Digest) -> Result<bo
                     }
                     e => e.into(),
                 })?;
+            if let Some(p) = publisher {
+                p.done();
+            }
             Counters::add(&reg.counters.upstream_fetches, 1);
             Counters::add(&reg.counters.upstream_bytes, n);
             tracing::info!(upstream = %src.name, repository = %src.repo, digest = %d, bytes = n, "fetched blob");

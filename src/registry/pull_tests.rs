@@ -27,6 +27,9 @@ struct Fake {
     good: (String, Vec<u8>),
     /// Served under a digest it does not have.
     bad: (String, Vec<u8>),
+    /// Sent slowly, in four pieces; `finished` once the last piece went out.
+    slow: (String, Vec<u8>),
+    finished: std::sync::atomic::AtomicBool,
 }
 
 fn digest(b: &[u8]) -> String {
@@ -54,6 +57,24 @@ async fn fake(axum::extract::State(f): axum::extract::State<Arc<Fake>>, req: Req
             f.leaked.fetch_add(1, Ordering::SeqCst);
         }
         f.blobs.fetch_add(1, Ordering::SeqCst);
+        if d == f.slow.0 {
+            let len = f.slow.1.len();
+            let state = (f.clone(), 0usize);
+            let pieces = futures_util::stream::unfold(state, |(f, i)| async move {
+                if i == 4 {
+                    f.finished.store(true, Ordering::SeqCst);
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                let q = f.slow.1.len() / 4;
+                let piece = Bytes::copy_from_slice(&f.slow.1[i * q..(i + 1) * q]);
+                Some((Ok::<_, std::io::Error>(piece), (f, i + 1)))
+            });
+            let body = axum::body::Body::from_stream(pieces);
+            return ([("content-length", len.to_string())], body).into_response();
+        }
         // Slow enough that all concurrent misses arrive while this one downloads.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let body = if d == f.good.0 {
@@ -84,7 +105,7 @@ async fn fake(axum::extract::State(f): axum::extract::State<Arc<Fake>>, req: Req
         return (h, f.manifest.clone()).into_response();
     }
     if let Some(d) = p.strip_prefix("/v2/library/app/blobs/")
-        && (d == f.good.0 || d == f.bad.0)
+        && (d == f.good.0 || d == f.bad.0 || d == f.slow.0)
     {
         let mut h = HeaderMap::new();
         h.insert("location", format!("/cdn/{d}").parse().unwrap());
@@ -137,6 +158,8 @@ async fn get(client: &Client<HttpConnector, Empty<Bytes>>, url: String) -> (Stat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_through_with_token_redirect_and_singleflight() {
     let good = b"layer bytes".repeat(10_000);
+    // 4 MiB, sent in four 1 MiB pieces 300 ms apart.
+    let slow: Vec<u8> = (0..4u32 << 20).map(|i| (i % 253) as u8).collect();
     let bad_claimed = digest(b"what the digest promises");
     let good_d = digest(&good);
     let m = format!(
@@ -148,6 +171,7 @@ async fn pull_through_with_token_redirect_and_singleflight() {
         manifest: m.clone().into_bytes(),
         good: (good_d.clone(), good.clone()),
         bad: (bad_claimed.clone(), b"something else".to_vec()),
+        slow: (digest(&slow), slow.clone()),
         ..Default::default()
     });
     let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -217,14 +241,42 @@ async fn pull_through_with_token_redirect_and_singleflight() {
     assert_eq!(fake_state.blobs.load(Ordering::SeqCst), 1);
     assert!(Counters::get(&registry.counters.bytes_served) >= 21 * good.len() as u64);
 
-    // Content that does not match its digest is refused and not stored.
-    let (status, body) = get(&client, format!("{base}/blobs/{bad_claimed}?ns=docker.io")).await;
-    assert_eq!(
-        status,
-        StatusCode::BAD_GATEWAY,
-        "{}",
-        String::from_utf8_lossy(&body)
+    // A client missing a blob that is still downloading gets bytes before the download
+    // ends (it follows the temporary file), and the whole blob in the end.
+    let url = format!("{base}/blobs/{}?ns=docker.io", fake_state.slow.0);
+    let resp = client.get(url.parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    let mut early = false;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            if got.is_empty() {
+                early = !fake_state.finished.load(Ordering::SeqCst);
+            }
+            got.extend_from_slice(&data);
+        }
+    }
+    assert!(
+        early,
+        "the first bytes came only after the upstream had sent everything"
     );
+    assert!(got == slow, "followed blob differs");
+    assert!(Counters::get(&registry.counters.followed) >= 1);
+
+    // Content that does not match its digest is never served whole, and not stored. (The
+    // reply may have started while the download ran: then its body ends in an error.)
+    let resp = client
+        .get(
+            format!("{base}/blobs/{bad_claimed}?ns=docker.io")
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    let whole = resp.into_body().collect().await.is_ok();
+    assert!(status != StatusCode::OK || !whole, "{status} {whole}");
     let bad_d = path::Digest::parse(&bad_claimed).unwrap();
     assert_eq!(registry.storage.blob_size(&bad_d), None);
     assert_eq!(
@@ -263,8 +315,8 @@ async fn pull_through_with_token_redirect_and_singleflight() {
     assert!(String::from_utf8_lossy(&body).contains("BLOB_UNKNOWN"));
     assert_eq!(
         fake_state.blobs.load(Ordering::SeqCst),
-        2,
-        "only the bad blob was fetched again"
+        3,
+        "good, slow and bad once each; nothing while offline"
     );
 
     // The upload limit, for one body and for chunks adding up: 413 and nothing is kept.

@@ -41,6 +41,16 @@ impl BlobWriter {
         self.len
     }
 
+    /// The temporary file (readers may follow it while it grows).
+    pub fn path(&self) -> &std::path::Path {
+        &self.tmp.0
+    }
+
+    /// Hands what is buffered to the file, so readers of the file see it.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush().await
+    }
+
     /// Makes the blob visible if its content matches `expected`; returns its digest and
     /// size. On any error the temporary file is gone.
     pub async fn finish(
