@@ -16,7 +16,11 @@ fn pull_through_containerd_singleflight_and_offline() {
         return;
     }
     let port = 5101;
-    let env = Env::start("regpt", &upstream_yaml(port), &[]);
+    let yaml = format!(
+        "{}images:\n  - docker.io/library/warm:1\n",
+        upstream_yaml(port)
+    );
+    let mut env = Env::start("regpt", &yaml, &[]);
     let work = tempfile::tempdir().unwrap();
     let log = upstream(&env, work.path(), port);
     let up = format!("127.0.0.1:{port}");
@@ -49,6 +53,31 @@ fn pull_through_containerd_singleflight_and_offline() {
             &format!("docker://{up}/big:1"),
         ],
     );
+
+    // Images the description lists are cached when serve starts, before any node asks
+    // (the upstream was not up at the first start: restart).
+    let warm = work.path().join("warm");
+    layout(&warm, "1", false, &[(200_000, 51)]);
+    env.run(
+        "skopeo",
+        &[
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:1", warm.display()),
+            &format!("docker://{up}/library/warm:1"),
+        ],
+    );
+    env.restart(&[]);
+    env.slipway
+        .as_mut()
+        .unwrap()
+        .wait_log("image cached ahead of time");
+    let storage = env.storage().to_string_lossy().into_owned();
+    let list = env.run(
+        env!("CARGO_BIN_EXE_slipway"),
+        &["images", "list", "--storage", &storage],
+    );
+    assert!(list.contains("docker.io/library/warm"), "{list}");
 
     // containerd with hosts.toml as Slipway renders them.
     let certs = work.path().join("certs.d");
@@ -179,7 +208,6 @@ fn pull_through_containerd_singleflight_and_offline() {
     }
 
     // Offline: cached images still pull, nothing new is fetched.
-    let mut env = env;
     env.restart(&["--registry-offline"]);
     let slipway = env.slipway.as_ref().unwrap();
     assert!(

@@ -26,6 +26,7 @@ mod follow;
 pub mod import;
 pub mod manifest;
 pub mod path;
+mod prefetch;
 mod pull;
 #[cfg(test)]
 mod pull_tests;
@@ -287,6 +288,7 @@ pub async fn serve(
     registry: Arc<Registry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let warm = tokio::spawn(prefetch::prefetch(registry.clone(), app.clone()));
     let sweeper = {
         let registry = registry.clone();
         tokio::spawn(async move {
@@ -303,6 +305,7 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await;
     sweeper.abort();
+    warm.abort();
     result
 }
 
