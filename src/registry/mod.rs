@@ -21,6 +21,7 @@
 //! Basic with any user name and the token as password (`skopeo --dest-creds x:<token>`).
 
 pub mod api;
+mod blobs;
 pub mod cli;
 mod follow;
 pub mod import;
