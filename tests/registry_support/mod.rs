@@ -121,6 +121,8 @@ pub struct Env {
     pub host: Host,
     pub slipway: Option<Slipway>,
     pub token: String,
+    /// State directories of stopped serve processes, deleted with the Env.
+    pub kept: Vec<tempfile::TempDir>,
 }
 
 impl Env {
@@ -143,6 +145,7 @@ impl Env {
             host,
             slipway: Some(slipway),
             token,
+            kept: Vec::new(),
         }
     }
 
@@ -226,8 +229,8 @@ impl Env {
             while s.is_running() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            // Keep the directory: tests look at it afterwards.
-            std::mem::forget(s.dir);
+            // Keep the directory while the Env lives: tests look at it afterwards.
+            self.kept.push(s.dir);
         }
     }
 }
