@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use (real clients and peers). Extend as suites grow.
-PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client busybox kea-admin openssl ignition cloud-init chromium ipxe tftp-hpa atftp)
+PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client busybox kea-admin openssl ignition cloud-init chromium ipxe tftp-hpa atftp skopeo podman containerd docker-registry python3)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

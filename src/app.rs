@@ -33,6 +33,8 @@ pub struct App {
     approved: ArcSwap<std::collections::HashSet<crate::desc::Mac>>,
     /// Unknown machines DHCP has seen, by MAC (see dhcp::unknown).
     unknown_seen: std::sync::Mutex<HashMap<String, crate::dhcp::unknown::UnknownMachine>>,
+    /// The registry, once it runs (its counters for /metrics, its contents for the page).
+    pub registry: std::sync::OnceLock<Arc<crate::registry::Registry>>,
     /// The TFTP server's counters, once it runs (for /metrics).
     pub tftp_stats: std::sync::OnceLock<Arc<crate::tftp::Stats>>,
     /// The DHCP server's counters, once it runs (for /metrics).
@@ -93,6 +95,7 @@ impl App {
             pki: options.pki.map(std::sync::RwLock::new),
             dhcp_stats: std::sync::OnceLock::new(),
             tftp_stats: std::sync::OnceLock::new(),
+            registry: std::sync::OnceLock::new(),
             approved: ArcSwap::from_pointee(options.approved.iter().copied().collect()),
             unknown_seen: Default::default(),
             feed: crate::status::feed::channel(),

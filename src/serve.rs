@@ -25,6 +25,9 @@ pub struct ServeOptions {
     pub tftp_listen: Option<SocketAddr>,
     /// Concurrent TFTP transfers; further requests get a "busy" error.
     pub tftp_max_transfers: usize,
+    /// Overrides the registry listen address (default: bootstrapper address, registry port).
+    pub registry_listen: Option<SocketAddr>,
+    pub registry: crate::registry::Options,
     /// Boot assets: `ipxe/` (first-stage binaries), OS kernels and images.
     pub images_dir: PathBuf,
     /// Services not to run here (e.g. DHCP when another host answers it).
@@ -43,6 +46,7 @@ pub enum Service {
     Dhcp,
     Dns,
     Tftp,
+    Registry,
 }
 
 /// A cloneable shutdown signal for servers: resolves once shutdown was requested.
@@ -209,6 +213,32 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
             shutdown.clone(),
         )))
     };
+    let registry = if opts.disable.contains(&Service::Registry) {
+        None
+    } else {
+        let plan = app.plan();
+        let dir = crate::registry::cli::storage_dir(&plan, &opts.state_dir);
+        let options = opts.registry.clone();
+        let registry =
+            tokio::task::spawn_blocking(move || crate::registry::Registry::open(&dir, options))
+                .await??;
+        let addr = opts
+            .registry_listen
+            .unwrap_or_else(|| SocketAddr::new(address.into(), plan.bootstrapper.registry_port));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the registry on {addr}"))?;
+        let registry_addr = listener.local_addr()?;
+        tracing::info!(%registry_addr, offline = opts.registry.offline, "registry serving");
+        let registry = Arc::new(registry);
+        let _ = app.registry.set(registry.clone());
+        Some(tokio::spawn(crate::registry::serve(
+            listener,
+            app.clone(),
+            registry,
+            shutdown.clone().wait(),
+        )))
+    };
     store.append_event(
         "serve.started",
         None,
@@ -242,6 +272,12 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
     match tokio::time::timeout(Duration::from_secs(10), http).await {
         Ok(joined) => joined??,
         Err(_) => tracing::warn!("HTTP connections still open after 10 s; closing them"),
+    }
+    if let Some(registry) = registry {
+        match tokio::time::timeout(Duration::from_secs(10), registry).await {
+            Ok(joined) => joined??,
+            Err(_) => tracing::warn!("registry connections still open after 10 s; closing them"),
+        }
     }
     if let Some(dns) = dns {
         match tokio::time::timeout(Duration::from_secs(5), dns).await {
