@@ -194,9 +194,9 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         let addr = opts
             .tftp_listen
             .unwrap_or_else(|| SocketAddr::new(address.into(), port));
-        let sock = crate::tftp::bind(addr)
-            .await
-            .with_context(|| format!("binding TFTP on {addr}"))?;
+        let sock = crate::tftp::bind(addr).await.with_context(|| {
+            format!("binding TFTP on {addr} (port 69 needs root or CAP_NET_BIND_SERVICE)")
+        })?;
         let tftp_addr = sock.local_addr()?;
         let config = crate::tftp::Config {
             roots: crate::tftp::roots(&opts.images_dir),
