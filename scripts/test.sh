@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use (real clients and peers). Extend as suites grow.
 PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client busybox-static kea-admin openssl
-  ignition cloud-init chromium ipxe tftp-hpa atftp qemu-system-x86 qemu-utils ipxe-qemu ovmf radvd
-  cpio)
+  ignition cloud-init chromium ipxe tftp-hpa atftp skopeo podman containerd docker-registry python3
+  qemu-system-x86 qemu-utils ipxe-qemu ovmf radvd cpio)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

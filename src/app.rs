@@ -33,6 +33,10 @@ pub struct App {
     approved: ArcSwap<std::collections::HashSet<crate::desc::Mac>>,
     /// Unknown machines DHCP has seen, by MAC (see dhcp::unknown).
     unknown_seen: std::sync::Mutex<HashMap<String, crate::dhcp::unknown::UnknownMachine>>,
+    /// The registry, once it runs (its counters for /metrics, its contents for the page).
+    pub registry: std::sync::OnceLock<Arc<crate::registry::Registry>>,
+    /// The TFTP server's counters, once it runs (for /metrics).
+    pub tftp_stats: std::sync::OnceLock<Arc<crate::tftp::Stats>>,
     /// The DHCP server's counters, once it runs (for /metrics).
     pub dhcp_stats: std::sync::OnceLock<Arc<crate::dhcp::Stats>>,
     /// The cluster PKI (None only in tests that serve no configs).
@@ -90,6 +94,8 @@ impl App {
             loop_guard: Default::default(),
             pki: options.pki.map(std::sync::RwLock::new),
             dhcp_stats: std::sync::OnceLock::new(),
+            tftp_stats: std::sync::OnceLock::new(),
+            registry: std::sync::OnceLock::new(),
             approved: ArcSwap::from_pointee(options.approved.iter().copied().collect()),
             unknown_seen: Default::default(),
             feed: crate::status::feed::channel(),

@@ -9,6 +9,7 @@ pub mod dns;
 pub mod http;
 pub mod pki;
 pub mod plan;
+pub mod registry;
 pub mod render;
 pub mod serve;
 pub mod status;

@@ -82,10 +82,19 @@ enum Command {
         /// Concurrent TFTP transfers; requests beyond get a "busy" error.
         #[arg(long, default_value_t = slipway::tftp::DEFAULT_MAX_TRANSFERS)]
         tftp_max_transfers: usize,
+        /// Registry listen address; default: the bootstrapper address and registry port.
+        #[arg(long)]
+        registry_listen: Option<SocketAddr>,
+        /// Serve only the images already stored; never fetch from upstream registries.
+        #[arg(long)]
+        registry_offline: bool,
+        /// Largest blob a client may push to the registry, in bytes.
+        #[arg(long, default_value_t = slipway::registry::DEFAULT_MAX_UPLOAD)]
+        registry_max_upload: u64,
         /// Boot assets: iPXE binaries under ipxe/, OS kernels and images (see images/README.md).
         #[arg(long, default_value = "images", env = "SLIPWAY_IMAGES_DIR")]
         images_dir: PathBuf,
-        /// Do not run this service here (repeatable): dhcp, dns, tftp.
+        /// Do not run this service here (repeatable): dhcp, dns, tftp, registry.
         #[arg(long, value_enum)]
         disable: Vec<slipway::serve::Service>,
         /// Directory of template overrides (same names as the built-in templates/).
@@ -139,6 +148,11 @@ enum Command {
     Node {
         #[command(subcommand)]
         action: NodeAction,
+    },
+    /// The registry's images: import archives (air gap), list, garbage-collect.
+    Images {
+        #[command(subcommand)]
+        command: slipway::registry::cli::ImagesCommand,
     },
     /// Inspect or renew the cluster's certificates under --state-dir.
     Pki {
@@ -302,6 +316,9 @@ fn main() -> ExitCode {
             dns_listen,
             tftp_listen,
             tftp_max_transfers,
+            registry_listen,
+            registry_offline,
+            registry_max_upload,
             images_dir,
             disable,
             templates,
@@ -326,6 +343,11 @@ fn main() -> ExitCode {
                 dns_listen,
                 tftp_listen,
                 tftp_max_transfers,
+                registry_listen,
+                registry: slipway::registry::Options {
+                    offline: registry_offline,
+                    max_upload: registry_max_upload,
+                },
                 images_dir,
                 disable,
                 templates_dir: templates,
@@ -417,6 +439,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Pki { command } => run_pki(command),
+        Command::Images { command } => slipway::registry::cli::run(command),
         Command::Render {
             config,
             state_dir,

@@ -25,6 +25,9 @@ pub struct ServeOptions {
     pub tftp_listen: Option<SocketAddr>,
     /// Concurrent TFTP transfers; further requests get a "busy" error.
     pub tftp_max_transfers: usize,
+    /// Overrides the registry listen address (default: bootstrapper address, registry port).
+    pub registry_listen: Option<SocketAddr>,
+    pub registry: crate::registry::Options,
     /// Boot assets: `ipxe/` (first-stage binaries), OS kernels and images.
     pub images_dir: PathBuf,
     /// Services not to run here (e.g. DHCP when another host answers it).
@@ -43,6 +46,7 @@ pub enum Service {
     Dhcp,
     Dns,
     Tftp,
+    Registry,
 }
 
 /// A cloneable shutdown signal for servers: resolves once shutdown was requested.
@@ -190,9 +194,9 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         let addr = opts
             .tftp_listen
             .unwrap_or_else(|| SocketAddr::new(address.into(), port));
-        let sock = crate::tftp::bind(addr)
-            .await
-            .with_context(|| format!("binding TFTP on {addr}"))?;
+        let sock = crate::tftp::bind(addr).await.with_context(|| {
+            format!("binding TFTP on {addr} (port 69 needs root or CAP_NET_BIND_SERVICE)")
+        })?;
         let tftp_addr = sock.local_addr()?;
         let config = crate::tftp::Config {
             roots: crate::tftp::roots(&opts.images_dir),
@@ -200,12 +204,39 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         };
         tracing::info!(%tftp_addr, "TFTP serving");
         let stats = Arc::new(crate::tftp::Stats::default());
+        let _ = app.tftp_stats.set(stats.clone());
         Some(tokio::spawn(crate::tftp::serve(
             sock,
             app.clone(),
             config,
             stats,
             shutdown.clone(),
+        )))
+    };
+    let registry = if opts.disable.contains(&Service::Registry) {
+        None
+    } else {
+        let plan = app.plan();
+        let dir = crate::registry::cli::storage_dir(&plan, &opts.state_dir);
+        let options = opts.registry.clone();
+        let registry =
+            tokio::task::spawn_blocking(move || crate::registry::Registry::open(&dir, options))
+                .await??;
+        let addr = opts
+            .registry_listen
+            .unwrap_or_else(|| SocketAddr::new(address.into(), plan.bootstrapper.registry_port));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the registry on {addr}"))?;
+        let registry_addr = listener.local_addr()?;
+        tracing::info!(%registry_addr, offline = opts.registry.offline, "registry serving");
+        let registry = Arc::new(registry);
+        let _ = app.registry.set(registry.clone());
+        Some(tokio::spawn(crate::registry::serve(
+            listener,
+            app.clone(),
+            registry,
+            shutdown.clone().wait(),
         )))
     };
     store.append_event(
@@ -241,6 +272,12 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
     match tokio::time::timeout(Duration::from_secs(10), http).await {
         Ok(joined) => joined??,
         Err(_) => tracing::warn!("HTTP connections still open after 10 s; closing them"),
+    }
+    if let Some(registry) = registry {
+        match tokio::time::timeout(Duration::from_secs(10), registry).await {
+            Ok(joined) => joined??,
+            Err(_) => tracing::warn!("registry connections still open after 10 s; closing them"),
+        }
     }
     if let Some(dns) = dns {
         match tokio::time::timeout(Duration::from_secs(5), dns).await {

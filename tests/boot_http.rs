@@ -74,6 +74,30 @@ fn installed_files(live: &str) -> String {
         .collect()
 }
 
+/// Runs busybox udhcpc in `host` asking for `hostname`; on a lease the address is put on
+/// eth0 (so the host can then fetch its boot script). Returns whether it got one.
+fn lease(host: &Host, hostname: &str, tries: &str) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("hook.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/24\" dev \"$interface\"\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    host.command("busybox")
+        .args([
+            "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", tries, "-T", "1", "-x",
+        ])
+        .arg(format!("hostname:{hostname}"))
+        .arg("-s")
+        .arg(&hook)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
 fn slipway_cli(host: &Host, args: &[&str]) -> (bool, String) {
     let out = host
         .command(env!("CARGO_BIN_EXE_slipway"))
@@ -386,30 +410,7 @@ fn enrolled_unknown_machine_installs_as_a_worker() {
     }
     .yaml();
     let _slipway = Slipway::start(&server, &desc, &["--disable", "dns"]);
-    let dir = tempfile::tempdir().unwrap();
-    let hook = dir.path().join("hook.sh");
-    std::fs::write(
-        &hook,
-        "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/24\" dev \"$interface\"\nexit 0\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    stranger.run(stranger.command("busybox").args([
-        "udhcpc",
-        "-i",
-        "eth0",
-        "-n",
-        "-q",
-        "-f",
-        "-t",
-        "5",
-        "-T",
-        "1",
-        "-x",
-        "hostname:rack2-n7",
-        "-s",
-        hook.to_str().unwrap(),
-    ]));
+    assert!(lease(&stranger, "rack2-n7", "5"), "no lease");
     let (code, script) = curl(&stranger, &[&format!("{BASE}/boot/52-54-00-77-00-01.ipxe")]);
     assert_eq!(code, 200, "{script}");
     assert!(script.contains("slipway.node=rack2-n7"), "{script}");
@@ -458,38 +459,7 @@ fn unknown_machine_is_listed_then_approved_and_installs() {
     }
     .yaml();
     let slipway = Slipway::start(&server, &desc, &["--disable", "dns"]);
-    let dir = tempfile::tempdir().unwrap();
-    let hook = dir.path().join("hook.sh");
-    std::fs::write(
-        &hook,
-        "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/24\" dev \"$interface\"\nexit 0\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let udhcpc = |tries: &str| {
-        stranger
-            .command("busybox")
-            .args([
-                "udhcpc",
-                "-i",
-                "eth0",
-                "-n",
-                "-q",
-                "-f",
-                "-t",
-                tries,
-                "-T",
-                "1",
-                "-x",
-                "hostname:rack3-n1",
-                "-s",
-                hook.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
+    let udhcpc = |tries: &str| lease(&stranger, "rack3-n1", tries);
     // Default policy: no answer, but the operator sees the machine.
     assert!(!udhcpc("2"), "an unknown MAC got a lease");
     let (code, body) = curl(&admin, &[&format!("{BASE}/api/v1/unknown")]);

@@ -35,6 +35,7 @@ impl Server {
                 "dns",
                 "--disable",
                 "tftp",
+                "registry",
                 "-c",
             ])
             .arg(config)

@@ -188,6 +188,31 @@ pub fn manifests(
     Ok(out)
 }
 
+/// What both systems (PXE live installer and installed OS) start from: the operators' SSH
+/// keys, and the node's token with the script that reports progress with it.
+fn reporting(
+    r: &Renderer,
+    plan: &Plan,
+    secrets: &NodeSecrets,
+    ctx: &Context,
+) -> Result<Bundle, RenderError> {
+    let mut b = Bundle {
+        ssh_keys: plan.os.ssh_authorized_keys.clone(),
+        ..Bundle::default()
+    };
+    b.file(
+        "/etc/slipway/token",
+        0o600,
+        format!("{}\n", secrets.boot_token),
+    );
+    b.file(
+        "/opt/slipway/report.sh",
+        0o755,
+        r.render(super::NODE_REPORT, ctx)?,
+    );
+    Ok(b)
+}
+
 /// The installed system of `node`: container runtime, Kubernetes binaries and config, its
 /// secrets, the join service, and (first control plane) the addons.
 pub fn installed_system(
@@ -199,21 +224,8 @@ pub fn installed_system(
 ) -> Result<Bundle, RenderError> {
     use super::*;
     let ctx = node_context(plan, node, secrets, report_url);
-    let mut b = Bundle {
-        ssh_keys: plan.os.ssh_authorized_keys.clone(),
-        ..Bundle::default()
-    };
+    let mut b = reporting(r, plan, secrets, &ctx)?;
     b.file("/etc/hostname", 0o644, format!("{}\n", node.hostname));
-    b.file(
-        "/etc/slipway/token",
-        0o600,
-        format!("{}\n", secrets.boot_token),
-    );
-    b.file(
-        "/opt/slipway/report.sh",
-        0o755,
-        r.render(NODE_REPORT, &ctx)?,
-    );
     b.file("/opt/slipway/join.sh", 0o755, r.render(NODE_JOIN_SH, &ctx)?);
     b.file(
         "/etc/slipway/kubeadm.yaml",
@@ -319,20 +331,7 @@ pub fn flatcar_installer(
 ) -> Result<Bundle, RenderError> {
     use super::*;
     let ctx = node_context(plan, node, secrets, report_url);
-    let mut b = Bundle {
-        ssh_keys: plan.os.ssh_authorized_keys.clone(),
-        ..Bundle::default()
-    };
-    b.file(
-        "/etc/slipway/token",
-        0o600,
-        format!("{}\n", secrets.boot_token),
-    );
-    b.file(
-        "/opt/slipway/report.sh",
-        0o755,
-        r.render(NODE_REPORT, &ctx)?,
-    );
+    let mut b = reporting(r, plan, secrets, &ctx)?;
     b.file(
         "/opt/slipway/install.sh",
         0o755,

@@ -90,6 +90,38 @@ pub fn render(app: &App) -> Result<String, StoreError> {
             .absolute(v.load(Ordering::Relaxed));
     }
 
+    if let Some(t) = app.tftp_stats.get() {
+        for (outcome, v) in [
+            ("requested", &t.requests),
+            ("started", &t.started),
+            ("completed", &t.completed),
+            ("failed", &t.failed),
+            ("size_probe", &t.size_probes),
+            ("refused", &t.refused),
+            ("busy", &t.busy),
+        ] {
+            counter!("slipway_tftp_transfers_total", "outcome" => outcome)
+                .absolute(v.load(Ordering::Relaxed));
+        }
+        counter!("slipway_tftp_bytes_total").absolute(t.bytes_sent.load(Ordering::Relaxed));
+        counter!("slipway_tftp_bad_packets_total").absolute(t.bad_packets.load(Ordering::Relaxed));
+    }
+    if let Some(r) = app.registry.get() {
+        let c = &r.counters;
+        counter!("slipway_registry_bytes_served_total")
+            .absolute(c.bytes_served.load(Ordering::Relaxed));
+        counter!("slipway_registry_cache_total", "result" => "hit")
+            .absolute(c.cache_hits.load(Ordering::Relaxed));
+        counter!("slipway_registry_cache_total", "result" => "miss")
+            .absolute(c.cache_misses.load(Ordering::Relaxed));
+        counter!("slipway_registry_cache_total", "result" => "followed")
+            .absolute(c.followed.load(Ordering::Relaxed));
+        counter!("slipway_registry_upstream_fetches_total")
+            .absolute(c.upstream_fetches.load(Ordering::Relaxed));
+        counter!("slipway_registry_upstream_bytes_total")
+            .absolute(c.upstream_bytes.load(Ordering::Relaxed));
+        counter!("slipway_registry_uploads_total").absolute(c.uploads.load(Ordering::Relaxed));
+    }
     let files = &app.files.stats;
     counter!("slipway_http_file_requests_total").absolute(files.requests.load(Ordering::Relaxed));
     counter!("slipway_http_file_bytes_total").absolute(files.bytes.load(Ordering::Relaxed));

@@ -53,8 +53,9 @@ struct Summary {
     stuck_after_secs: u64,
     /// Certificates and their expiry (unix seconds), soonest first.
     certificates: Vec<CertExpiry>,
-    /// Images the description pins (what the mirror must hold).
-    images: Vec<String>,
+    /// Images the description pins, and whether the mirror holds each (None: the
+    /// registry does not run here).
+    images: Vec<(String, Option<bool>)>,
 }
 
 #[derive(Serialize)]
@@ -96,6 +97,22 @@ pub async fn summary(State(app): State<Arc<App>>) -> Response {
         None => Vec::new(),
     };
     certificates.sort_by_key(|c| c.not_after);
+    let images = {
+        let (app, plan) = (app.clone(), plan.clone());
+        tokio::task::spawn_blocking(move || {
+            plan.images
+                .iter()
+                .map(|i| {
+                    let cached = app.registry.get().map(|r| {
+                        crate::registry::prefetch::is_cached(r, &plan.registry.upstreams, i)
+                    });
+                    (i.clone(), cached)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default()
+    };
     let ep = &plan.cluster.endpoint;
     Json(Summary {
         cluster: plan.cluster.name.clone(),
@@ -108,7 +125,7 @@ pub async fn summary(State(app): State<Arc<App>>) -> Response {
         nodes_by_state,
         stuck_after_secs: app.stuck_after_millis / 1000,
         certificates,
-        images: plan.images.clone(),
+        images,
     })
     .into_response()
 }
