@@ -35,6 +35,7 @@ impl Server {
                 "dns",
                 "--disable",
                 "tftp",
+                "--disable",
                 "registry",
                 "-c",
             ])
