@@ -129,7 +129,7 @@ start_server() { # $1: slipway|kea, $2: state dir; sets SERVER_PID
   case $1 in
     slipway)
       ip netns exec "$SRV" taskset -c 1 "$SLIPWAY_BIN" serve -c "$WORK/slipway.yaml" \
-        --state-dir "$2/state" --disable dns --http-listen 127.0.0.1:0 \
+        --state-dir "$2/state" --disable dns --disable tftp --disable registry --http-listen 127.0.0.1:0 \
         >"$2/server.log" 2>&1 &
       ;;
     kea)

@@ -117,7 +117,7 @@ start_server() {
     slipway)
       rm -rf "$WORK/state"; mkdir -p "$WORK/state"
       ip netns exec "$NS" taskset -c 1 "$BIN" serve -c "$WORK/cluster-desc.yaml" \
-        --state-dir "$WORK/state" --images-dir "$WORK/images" --disable dhcp --disable dns \
+        --state-dir "$WORK/state" --images-dir "$WORK/images" --disable dhcp --disable dns --disable tftp --disable registry \
         --http-listen "127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
       ;;
     nginx)

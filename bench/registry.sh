@@ -145,7 +145,7 @@ EOF
 
 start_slipway() { # state-dir
   ip netns exec "$NS" taskset -c 1 "$BIN" serve -c "$WORK/cluster-desc.yaml" --state-dir "$1" \
-    --http-listen 127.0.0.1:0 --registry-listen "127.0.0.1:$SLW_PORT" --disable dhcp --disable dns \
+    --http-listen 127.0.0.1:0 --registry-listen "127.0.0.1:$SLW_PORT" --disable dhcp --disable dns --disable tftp \
     --images-dir "$WORK/none" >"$WORK/slipway.log" 2>&1 &
   PID=$!
   wait_port "$SLW_PORT"

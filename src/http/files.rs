@@ -94,6 +94,34 @@ impl Files {
     }
 }
 
+/// A body of the bytes `start..end` of the file at `path`, sent the way the boot assets are
+/// (shared read-only mapping, pages populated a frame ahead); `stats.bytes` counts them. For
+/// other servers of immutable files (the registry's blobs).
+pub async fn mapped_body(
+    path: std::path::PathBuf,
+    start: u64,
+    end: u64,
+    stats: Arc<Stats>,
+) -> std::io::Result<Body> {
+    if start >= end {
+        return Ok(Body::empty());
+    }
+    let map = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)?;
+        let meta = file.metadata()?;
+        if end > meta.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "range beyond the file",
+            ));
+        }
+        FileMap::shared(file, &meta)
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    Ok(Body::new(FileBody::new(map, start, end, stats)))
+}
+
 /// Counters for metrics: requests answered by these routes and body bytes handed to the
 /// connection.
 #[derive(Debug, Default)]

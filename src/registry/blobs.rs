@@ -98,9 +98,14 @@ pub async fn get_blob(
     let body = if head {
         Body::empty()
     } else {
-        super::pull::file_body(reg.clone(), &reg.storage.blob_path(d), start, count)
-            .await
-            .map_err(internal)?
+        crate::http::files::mapped_body(
+            reg.storage.blob_path(d),
+            start,
+            start + count,
+            reg.blob_stats.clone(),
+        )
+        .await
+        .map_err(internal)?
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = if range.is_some() {

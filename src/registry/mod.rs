@@ -117,6 +117,8 @@ pub struct Registry {
     pub storage: Storage,
     pub options: Options,
     pub counters: Counters,
+    /// Bytes of stored blobs sent (the mapped-file bodies count here; see `bytes_served`).
+    pub blob_stats: Arc<crate::http::files::Stats>,
     client: UpstreamClient,
     sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Session>>>>,
     /// Singleflight: one lock per manifest or blob being fetched; later requesters wait on
@@ -213,6 +215,7 @@ impl Registry {
             storage,
             options,
             counters: Counters::default(),
+            blob_stats: Default::default(),
             client: UpstreamClient::new(),
             sessions: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),

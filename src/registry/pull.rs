@@ -7,17 +7,12 @@
 //! the download as it is written (`follow`). Running the download in a task of its own
 //! lets it finish for the others when the first client goes away.
 
-use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
 use http_body_util::BodyExt;
 use hyper::StatusCode;
 use hyper::header;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, ReadBuf};
 
 use super::api::MAX_MANIFEST;
 use super::follow::Publisher;
@@ -227,45 +222,4 @@ pub async fn fetch_blob(reg: Arc<Registry>, src: Source, d: Digest) -> Result<bo
         }
     };
     singleflight(reg, flight, stored, work).await
-}
-
-/// `count` bytes of the file from `start`, counted into `bytes_served` as they are sent.
-pub async fn file_body(
-    reg: Arc<Registry>,
-    path: &Path,
-    start: u64,
-    count: u64,
-) -> std::io::Result<Body> {
-    let mut f = tokio::fs::File::open(path).await?;
-    if start > 0 {
-        f.seek(std::io::SeekFrom::Start(start)).await?;
-    }
-    let reader = Counting {
-        inner: f.take(count),
-        reg,
-    };
-    Ok(Body::from_stream(
-        tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024),
-    ))
-}
-
-struct Counting<R> {
-    inner: R,
-    reg: Arc<Registry>,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            Counters::add(&self.reg.counters.bytes_served, n as u64);
-        }
-        r
-    }
 }
