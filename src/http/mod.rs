@@ -60,6 +60,19 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// Every accepted connection with `TCP_NODELAY`: without it a response's last small
+/// segment can wait for the client's delayed ACK (up to 40 ms a response).
+pub fn nodelay(
+    listener: TcpListener,
+) -> axum::serve::TapIo<TcpListener, impl FnMut(&mut tokio::net::TcpStream) + Send + 'static> {
+    use axum::serve::ListenerExt as _;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    })
+}
+
 /// The API's OpenAPI 3 description.
 async fn openapi() -> Response {
     (
@@ -76,7 +89,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // Handlers see the peer address: boot scripts go only to the machine itself.
     axum::serve(
-        listener,
+        nodelay(listener),
         router(app).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)

@@ -303,7 +303,7 @@ pub async fn serve(
         })
     };
     let result = axum::serve(
-        listener,
+        crate::http::nodelay(listener),
         router(app, registry).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
