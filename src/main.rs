@@ -38,35 +38,20 @@ enum Output {
 enum Command {
     /// Check a cluster description; prints every error with file:line:col and exits 1 on any.
     Validate {
-        #[arg(
-            short,
-            long,
-            default_value = "cluster-desc.yaml",
-            env = "SLIPWAY_CONFIG"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: slipway::desc::ConfigArg,
     },
     /// Print the plan derived from a description (nodes, addresses, boot URLs).
     Plan {
-        #[arg(
-            short,
-            long,
-            default_value = "cluster-desc.yaml",
-            env = "SLIPWAY_CONFIG"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: slipway::desc::ConfigArg,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// Run the bootstrapper: serve the cluster's machines until SIGINT/SIGTERM; SIGHUP reloads.
     Serve {
-        #[arg(
-            short,
-            long,
-            default_value = "cluster-desc.yaml",
-            env = "SLIPWAY_CONFIG"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: slipway::desc::ConfigArg,
         /// Where leases, node states, events and key material persist.
         #[arg(long, default_value = "/var/lib/slipway", env = "SLIPWAY_STATE_DIR")]
         state_dir: PathBuf,
@@ -123,13 +108,8 @@ enum Command {
     /// Print what a node gets (iPXE script, Ignition, cloud-config, manifests); secrets are
     /// redacted unless --show-secrets.
     Render {
-        #[arg(
-            short,
-            long,
-            default_value = "cluster-desc.yaml",
-            env = "SLIPWAY_CONFIG"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: slipway::desc::ConfigArg,
         /// For the cluster PKI (created there if missing, as `serve` would).
         #[arg(long, default_value = "/var/lib/slipway", env = "SLIPWAY_STATE_DIR")]
         state_dir: PathBuf,
@@ -167,13 +147,8 @@ struct Remote {
     /// Slipway's HTTP base URL, e.g. http://10.0.0.2:8080 (default: from the description).
     #[arg(long, env = "SLIPWAY_SERVER")]
     server: Option<String>,
-    #[arg(
-        short,
-        long,
-        default_value = "cluster-desc.yaml",
-        env = "SLIPWAY_CONFIG"
-    )]
-    config: PathBuf,
+    #[command(flatten)]
+    config: slipway::desc::ConfigArg,
 }
 
 impl Remote {
@@ -221,13 +196,8 @@ enum PkiCommand {
 
 #[derive(clap::Args)]
 struct PkiArgs {
-    #[arg(
-        short,
-        long,
-        default_value = "cluster-desc.yaml",
-        env = "SLIPWAY_CONFIG"
-    )]
-    config: PathBuf,
+    #[command(flatten)]
+    config: slipway::desc::ConfigArg,
     #[arg(long, default_value = "/var/lib/slipway", env = "SLIPWAY_STATE_DIR")]
     state_dir: PathBuf,
 }
@@ -337,7 +307,7 @@ fn main() -> ExitCode {
                 }
             };
             let opts = slipway::serve::ServeOptions {
-                config,
+                config: config.path,
                 state_dir,
                 http_listen,
                 dns_listen,

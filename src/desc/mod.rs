@@ -9,7 +9,7 @@ pub mod types;
 mod validate;
 pub mod yaml;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use build::{DEFAULT_UPSTREAMS, default_upstream_url, nth_host, parse_taint};
 pub use diag::{Diagnostic, Diagnostics};
@@ -88,5 +88,25 @@ fn nodes_key_pos(root: &yaml::Node) -> Pos {
             .map(|(k, _)| k.pos)
             .unwrap_or_default(),
         _ => Pos::default(),
+    }
+}
+
+/// The `-c/--config` argument every command that reads the description takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// The cluster description.
+    #[arg(
+        short = 'c',
+        long = "config",
+        default_value = "cluster-desc.yaml",
+        env = "SLIPWAY_CONFIG"
+    )]
+    pub path: PathBuf,
+}
+
+impl std::ops::Deref for ConfigArg {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.path
     }
 }

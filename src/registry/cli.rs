@@ -44,13 +44,8 @@ pub enum ImagesCommand {
 /// else <state-dir>/registry.
 #[derive(clap::Args)]
 pub struct StorageArgs {
-    #[arg(
-        short,
-        long,
-        default_value = "cluster-desc.yaml",
-        env = "SLIPWAY_CONFIG"
-    )]
-    config: PathBuf,
+    #[command(flatten)]
+    config: crate::desc::ConfigArg,
     #[arg(long, default_value = "/var/lib/slipway", env = "SLIPWAY_STATE_DIR")]
     state_dir: PathBuf,
     /// The registry storage directory itself (the description is then not read).
