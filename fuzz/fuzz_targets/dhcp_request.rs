@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
                 plan,
                 approved: &approved,
                 boot: BootFiles { arm64: true },
+                ntp_resolved: &[],
                 now: 1_000_000,
                 now_millis: 1_000_000_000,
             };

@@ -148,6 +148,7 @@ fn bootstrapper(s: &mut Section, cx: &mut Cx) -> Option<Bootstrapper> {
             });
         }
         let address = s.req(cx, "address");
+        let subnet = s.opt(cx, "subnet");
         let hostname = s.or(cx, "hostname", "slipway".to_string());
         cx.check(&hostname, |v| check_label(v));
         let mut p = s.section(cx, "ports");
@@ -162,6 +163,7 @@ fn bootstrapper(s: &mut Section, cx: &mut Cx) -> Option<Bootstrapper> {
         Some(Bootstrapper {
             interface: interface?,
             address: address?,
+            subnet,
             hostname,
             ports,
         })

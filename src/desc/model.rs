@@ -77,6 +77,10 @@ pub struct Endpoint {
 pub struct Bootstrapper {
     pub interface: At<String>,
     pub address: At<Ipv4Addr>,
+    /// Slipway's own subnet when it is not the node subnet: the nodes reach it through
+    /// `network.gateway`, their DHCP requests through a relay agent. Explicit, so that an
+    /// address mistyped outside the node subnet is still an error.
+    pub subnet: Option<At<Ipv4Net>>,
     pub hostname: At<String>,
     pub ports: Ports,
 }

@@ -26,20 +26,12 @@ fn addresses(d: &ClusterDesc, diags: &mut Diagnostics) {
                 ip.pos,
                 format!("{what} {} is outside the subnet {subnet}", ip.value),
             );
-        } else if ip.value == subnet.network()
-            || (subnet.prefix_len() < 31 && ip.value == subnet.broadcast())
-        {
-            diags.error(
-                ip.pos,
-                format!(
-                    "{what} {} is the network or broadcast address of {subnet}",
-                    ip.value
-                ),
-            );
+        } else {
+            host_address(subnet, ip, what, diags);
         }
     };
     inside(&d.network.gateway, "gateway", diags);
-    inside(&d.bootstrapper.address, "bootstrapper address", diags);
+    bootstrapper(d, diags);
     if let Some(vip) = &d.cluster.control_plane_endpoint.vip {
         inside(vip, "control-plane VIP", diags);
     }
@@ -106,6 +98,72 @@ fn addresses(d: &ClusterDesc, diags: &mut Diagnostics) {
     }
 }
 
+/// The bootstrapper address lies in the node subnet, or, when Slipway sits behind a router
+/// (nodes relayed to it), in the `bootstrapper.subnet` the operator declared, which must be
+/// another network: a mistyped address is an error either way.
+fn bootstrapper(d: &ClusterDesc, diags: &mut Diagnostics) {
+    let (addr, nodes) = (&d.bootstrapper.address, *d.network.subnet);
+    let Some(own) = &d.bootstrapper.subnet else {
+        if !nodes.contains(&addr.value) {
+            diags.error_with_note(
+                addr.pos,
+                format!(
+                    "bootstrapper address {} is outside the subnet {nodes}",
+                    **addr
+                ),
+                "if Slipway reaches the nodes through a router and a DHCP relay, set bootstrapper.subnet to its own subnet",
+            );
+        } else {
+            host_address(nodes, addr, "bootstrapper address", diags);
+        }
+        return;
+    };
+    if overlap(own, &nodes) {
+        diags.error(
+            own.pos,
+            format!("bootstrapper subnet {} overlaps the node subnet {nodes}: leave bootstrapper.subnet out when Slipway is on the node subnet", **own),
+        );
+    } else if !own.contains(&addr.value) {
+        diags.error(
+            addr.pos,
+            format!(
+                "bootstrapper address {} is outside the subnet {} (bootstrapper.subnet)",
+                **addr, **own
+            ),
+        );
+    } else {
+        host_address(**own, addr, "bootstrapper address", diags);
+    }
+    for (net, what) in [
+        (&d.cluster.pod_cidr, "pod CIDR"),
+        (&d.cluster.service_cidr, "service CIDR"),
+    ] {
+        if overlap(own, net) {
+            diags.error(
+                own.pos,
+                format!("bootstrapper subnet {} overlaps the {what} {}", **own, **net),
+            );
+        }
+    }
+}
+
+/// An address usable by a host in `net`: not its network or broadcast address.
+fn host_address(net: Ipv4Net, ip: &At<Ipv4Addr>, what: &str, diags: &mut Diagnostics) {
+    if ip.value == net.network() || (net.prefix_len() < 31 && ip.value == net.broadcast()) {
+        diags.error(
+            ip.pos,
+            format!(
+                "{what} {} is the network or broadcast address of {net}",
+                ip.value
+            ),
+        );
+    }
+}
+
+fn overlap(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
 /// Pod, service and node ranges must be disjoint, and the cluster DNS IP a service IP.
 fn ranges(d: &ClusterDesc, diags: &mut Diagnostics) {
     let (pod, svc, subnet) = (
@@ -113,7 +171,6 @@ fn ranges(d: &ClusterDesc, diags: &mut Diagnostics) {
         &d.cluster.service_cidr,
         &d.network.subnet,
     );
-    let overlap = |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
     // Report at the one the operator wrote (defaults have no position).
     let at = |a: &At<Ipv4Net>, b: &At<Ipv4Net>| if a.pos.line > 0 { a.pos } else { b.pos };
     if overlap(pod, subnet) {

@@ -7,6 +7,7 @@ pub mod boot;
 pub mod engine;
 pub mod leases;
 mod mmsg;
+pub mod ntp;
 pub mod packet;
 pub mod server;
 pub mod unknown;

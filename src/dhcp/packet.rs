@@ -226,7 +226,7 @@ pub fn encode_into(req: &Request, reply: &Reply, out: &mut Vec<u8>) {
     out.extend_from_slice(&[2, 1, 6, req.hops]); // op BOOTREPLY, htype Ethernet, hlen 6
     out.extend_from_slice(&req.xid.to_be_bytes());
     out.extend_from_slice(&[0, 0]); // secs
-    out.extend_from_slice(&(if req.broadcast { 0x8000u16 } else { 0 }).to_be_bytes());
+    out.extend_from_slice(&(if broadcast_flag(req, reply) { 0x8000u16 } else { 0 }).to_be_bytes());
     let ciaddr = if reply.kind == MessageType::Nak {
         Ipv4Addr::UNSPECIFIED
     } else {
@@ -324,6 +324,12 @@ pub fn encode_into(req: &Request, reply: &Reply, out: &mut Vec<u8>) {
     out.push(255);
 }
 
+/// The reply's broadcast flag: the client's, and always set on a NAK through a relay, which
+/// must broadcast it to a client whose address is in doubt (RFC 2131 4.3.2).
+fn broadcast_flag(req: &Request, reply: &Reply) -> bool {
+    req.broadcast || (reply.kind == MessageType::Nak && !req.giaddr.is_unspecified())
+}
+
 /// The dhcproto encoding [`encode_into`] must equal.
 #[cfg(test)]
 fn encode_dhcproto(req: &Request, reply: &Reply) -> Vec<u8> {
@@ -342,7 +348,7 @@ fn encode_dhcproto(req: &Request, reply: &Reply) -> Vec<u8> {
     msg.set_opcode(Opcode::BootReply);
     msg.set_hops(req.hops);
     let mut flags = v4::Flags::default();
-    if req.broadcast {
+    if broadcast_flag(req, reply) {
         flags = flags.set_broadcast();
     }
     msg.set_flags(flags);

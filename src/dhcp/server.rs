@@ -137,6 +137,14 @@ pub fn spawn(
         depth: Arc::new(AtomicUsize::new(0)),
     };
     let mut threads = Vec::new();
+    let ntp = Arc::new(super::ntp::Resolved::default());
+    {
+        // Not joined: a system resolver lookup may outlast shutdown by seconds.
+        let (app, ntp, shutdown) = (app.clone(), ntp.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name("dhcp-ntp".into())
+            .spawn(move || super::ntp::run(&app, &ntp, &shutdown))?;
+    }
     {
         let writer_sock = sockets.server.try_clone()?;
         let (store, stats, shutdown) = (app.store.clone(), stats.clone(), shutdown.clone());
@@ -149,7 +157,7 @@ pub fn spawn(
     }
     if let Some(proxy) = sockets.proxy {
         let (app, stats, shutdown) = (app.clone(), stats.clone(), shutdown.clone());
-        let queue = queue.clone();
+        let (queue, ntp) = (queue.clone(), ntp.clone());
         threads.push(
             std::thread::Builder::new()
                 .name("dhcp-proxy".into())
@@ -160,6 +168,7 @@ pub fn spawn(
                         app,
                         LeaseTable::default(),
                         boot,
+                        ntp,
                         queue,
                         stats,
                         shutdown,
@@ -179,6 +188,7 @@ pub fn spawn(
                         app,
                         table,
                         boot,
+                        ntp,
                         queue,
                         stats,
                         shutdown,
@@ -219,6 +229,7 @@ fn receiver(
     app: Arc<App>,
     mut table: LeaseTable,
     boot: BootFiles,
+    ntp: Arc<super::ntp::Resolved>,
     queue: Queue,
     stats: Arc<Stats>,
     shutdown: Shutdown,
@@ -280,10 +291,12 @@ fn receiver(
         }
         let now_ms = now_millis();
         let approved = app.approved();
+        let ntp_resolved = ntp.get();
         let ctx = Ctx {
             plan: &plan,
             approved: &approved,
             boot,
+            ntp_resolved: &ntp_resolved,
             now: now_ms / 1000,
             now_millis: now_ms,
         };
