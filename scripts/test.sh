@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use (real clients and peers). Extend as suites grow.
-PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client busybox-static kea-admin openssl
+PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client isc-dhcp-relay busybox-static kea-admin openssl
   ignition cloud-init chromium ipxe tftp-hpa atftp skopeo podman containerd docker-registry python3
   qemu-system-x86 qemu-utils ipxe-qemu ovmf radvd cpio)
 

@@ -3,35 +3,20 @@
 //! ProxyDHCP exchange. Slipway's own recorded state is checked after each run.
 
 mod common;
+#[path = "common/dhcp_client.rs"]
+mod dhcp_client;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
-use dhcproto::{Decodable, Encodable};
+use dhcp_client::*;
+use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
 use slipway::status::NodeState;
 use slipway::store::Store;
 
 const WORKER_MAC: &str = "52:54:00:00:00:21";
 const STRANGER_MAC: &str = "52:54:00:00:09:99";
-
-fn need(programs: &[&str]) -> bool {
-    if !netns_available() {
-        return false;
-    }
-    for p in programs {
-        if !have(p) {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{p} is required in CI (scripts/test.sh installs it)");
-            }
-            eprintln!("SKIPPED: {p} is not installed");
-            return false;
-        }
-    }
-    true
-}
 
 /// A LAN with Slipway at 10.20.0.2 serving `desc`, and a client host without an address.
 fn lan_with(tag: &str, desc: &TestDesc, client_mac: &str) -> (Lan, Host, Host, Slipway) {
@@ -42,65 +27,18 @@ fn lan_with(tag: &str, desc: &TestDesc, client_mac: &str) -> (Lan, Host, Host, S
     (lan, srv, cli, slipway)
 }
 
-/// Writes a client hook script that saves its environment to `out` when bound.
-fn env_script(dir: &Path, name: &str, bound_when: &str) -> (String, String) {
-    let script = dir.join(name);
-    let out = dir.join(format!("{name}.env"));
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nif {bound_when}; then env > {}.tmp && mv {0}.tmp {0}; fi\nexit 0\n",
-            out.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    (script.display().to_string(), out.display().to_string())
-}
-
-fn env_value(env: &str, key: &str) -> Option<String> {
-    env.lines().find_map(|l| {
-        l.strip_prefix(&format!("{key}="))
-            .map(|v| v.trim_matches('\'').to_string())
-    })
-}
-
-/// Runs udhcpc once with extra arguments; returns its bound environment, or None.
-fn udhcpc(cli: &Host, dir: &Path, args: &[&str]) -> Option<String> {
-    let (script, out) = env_script(dir, "udhcpc-hook", "[ \"$1\" = bound ]");
-    let _ = std::fs::remove_file(&out);
-    let status = cli
-        .command("busybox")
-        .args([
-            "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "3", "-T", "1", "-s", &script,
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    if !status.status.success() {
-        return None;
-    }
-    std::fs::read_to_string(out).ok()
-}
-
-fn stop(mut s: Slipway) -> (tempfile::TempDir, Vec<String>) {
-    s.signal(libc::SIGTERM);
-    s.wait_log("slipway stopped");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while s.is_running() {
-        assert!(Instant::now() < deadline, "serve did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let logs = s.drain_logs().to_vec();
-    (s.dir, logs)
-}
-
 #[test]
 fn dhclient_gets_its_reserved_address_hostname_and_dns() {
     if !need(&["dhclient"]) {
         return;
     }
-    let desc = TestDesc::default();
+    // Not the defaults: what dhclient records must come from the description.
+    let desc = TestDesc {
+        lease_time: Some("2h".into()),
+        mtu: Some(1400),
+        ntp: vec!["10.20.0.5".into(), "10.20.0.6".into()],
+        ..TestDesc::default()
+    };
     let (_lan, _srv, cli, slipway) = lan_with("dhcl", &desc, WORKER_MAC);
     let tmp = tempfile::tempdir().unwrap();
     let (script, out) = env_script(tmp.path(), "dhclient-hook", "[ \"$reason\" = BOUND ]");
@@ -148,8 +86,29 @@ fn dhclient_gets_its_reserved_address_hostname_and_dns() {
     );
     assert_eq!(
         env_value(&env, "new_dhcp_lease_time").as_deref(),
-        Some("3600")
+        Some("7200")
     );
+    // dhclient writes its lease file after the hook ran.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lease = loop {
+        let text = std::fs::read_to_string(&leases).unwrap_or_default();
+        if text.contains("dhcp-lease-time") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no lease file: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for line in [
+        "fixed-address 10.20.0.21;",
+        "option dhcp-lease-time 7200;",
+        "option dhcp-renewal-time 3600;",
+        "option dhcp-rebinding-time 6300;",
+        "option interface-mtu 1400;",
+        "option broadcast-address 10.20.0.255;",
+        "option ntp-servers 10.20.0.5,10.20.0.6;",
+    ] {
+        assert!(lease.contains(line), "no `{line}` in the lease:\n{lease}");
+    }
 
     // Slipway recorded the lease and the node's discovery, durably.
     let (dir, _) = stop(slipway);
@@ -270,51 +229,6 @@ fn unknown_machines_get_nothing_until_the_policy_enrolls_them() {
     let env = udhcpc(&cli, tmp.path(), &["-x", "hostname:stray"])
         .expect("enrolled machine gets a pool address");
     assert_eq!(env_value(&env, "ip").as_deref(), Some("10.20.0.200"));
-}
-
-/// Sends `msg` from the client port of `host` and collects the replies for the same xid.
-fn raw_exchange(host: &Host, msg: Vec<u8>, to: SocketAddr, wait: Duration) -> Vec<Message> {
-    host.within(move || {
-        // Bound to the interface, like a PXE ROM: limited broadcast needs no route.
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
-        s.bind_device(Some(b"eth0")).unwrap();
-        s.set_broadcast(true).unwrap();
-        s.bind(&"0.0.0.0:68".parse::<SocketAddr>().unwrap().into())
-            .unwrap();
-        let sock: UdpSocket = s.into();
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let xid = Message::from_bytes(&msg).unwrap().xid();
-        sock.send_to(&msg, to).unwrap();
-        let deadline = Instant::now() + wait;
-        let mut buf = [0u8; 1500];
-        let mut replies = Vec::new();
-        while Instant::now() < deadline {
-            if let Ok((n, _)) = sock.recv_from(&mut buf)
-                && let Ok(m) = Message::from_bytes(&buf[..n])
-                && m.xid() == xid
-            {
-                replies.push(m);
-            }
-        }
-        replies
-    })
-}
-
-fn client_msg(kind: MessageType, mac: [u8; 6], ciaddr: Ipv4Addr, opts: Vec<DhcpOption>) -> Vec<u8> {
-    let mut m = Message::new_with_id(
-        0x5117_0000 | u32::from(mac[5]),
-        ciaddr,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        &mac,
-    );
-    m.opts_mut().insert(DhcpOption::MessageType(kind));
-    for o in opts {
-        m.opts_mut().insert(o);
-    }
-    m.to_vec().unwrap()
 }
 
 fn pxe_bios() -> Vec<DhcpOption> {
@@ -461,7 +375,13 @@ fn relayed_requests_via_perfdhcp_get_leases() {
         received[0] >= 40 && received[1] >= 40,
         "offers and acks through the relay:\n{text}"
     );
-    assert!(!text.contains("non unique addresses: 1"), "{text}");
+    let non_unique: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("non unique addresses: "))
+        .map(|n| n.trim().parse().unwrap())
+        .collect();
+    assert_eq!(non_unique.len(), 2, "{text}");
+    assert_eq!(non_unique, [0, 0], "an address handed out twice:\n{text}");
 }
 
 #[test]
@@ -504,13 +424,44 @@ fn xorshift(state: &mut u64) -> u64 {
     *state
 }
 
-#[test]
-fn garbage_on_the_dhcp_port_does_not_stop_service() {
-    if !need(&["busybox"]) {
+/// `slipway_dhcp_packets_total{outcome="malformed"}` and the DNS counterpart from /metrics,
+/// fetched by `host` over HTTP.
+fn malformed_counters(host: &Host) -> (u64, u64) {
+    let text = host.run(
+        host.command("curl")
+            .args(["-sf", "http://10.20.0.2:8080/metrics"]),
+    );
+    let value = |metric: &str| {
+        text.lines()
+            .find(|l| l.starts_with(metric) && l.contains("outcome=\"malformed\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no malformed count for {metric} in:\n{text}")) as u64
+    };
+    (
+        value("slipway_dhcp_packets_total"),
+        value("slipway_dns_queries_total"),
+    )
+}
+
+/// Random and mutated datagrams at UDP 67 (and 4011 in proxy mode) and UDP 53, garbage on
+/// TCP 53, all at one `slipway serve` running DHCP and DNS, while real clients keep getting
+/// their leases (or proxy offers) and their DNS answers; the malformed counters rise.
+fn garbage_on_dhcp_and_dns_does_not_stop_service(mode: &str) {
+    if !need(&["busybox", "dig", "curl"]) {
         return;
     }
-    let (lan, _srv, cli, slipway) = lan_with("gbge", &TestDesc::default(), WORKER_MAC);
+    let desc = TestDesc {
+        dhcp_mode: mode.into(),
+        ..TestDesc::default()
+    };
+    let lan = Lan::new(&format!("gb{}", &mode[..2]));
+    let srv = lan.host("srv", Some("10.20.0.2/24"), None);
+    let cli = lan.host("cli", None, Some(WORKER_MAC));
+    let asker = lan.host("ask", Some("10.20.0.50/24"), None);
     let attacker = lan.host("atk", Some("10.20.0.66/24"), None);
+    let slipway = Slipway::start(&srv, &desc.yaml(), &[]);
+    let before = malformed_counters(&asker);
     // Mutations of a stranger's DISCOVER (a flipped byte may turn it into a RELEASE: keep the
     // real client's MAC out of it, DHCP has no sender authentication).
     let valid = client_msg(
@@ -519,6 +470,7 @@ fn garbage_on_the_dhcp_port_does_not_stop_service() {
         Ipv4Addr::UNSPECIFIED,
         pxe_bios(),
     );
+    let proxy = mode == "proxy";
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let ns = attacker.ns.clone();
     let sprayer = std::thread::spawn(move || {
@@ -526,8 +478,8 @@ fn garbage_on_the_dhcp_port_does_not_stop_service() {
         let sock = UdpSocket::bind("10.20.0.66:0").unwrap();
         sock.set_broadcast(true).unwrap();
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut sent = 0u64;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut sent, mut tcp) = (0u64, 0u64);
+        let deadline = Instant::now() + Duration::from_secs(30);
         // Keep going until the clients are done *and* a good amount of garbage went out.
         let mut stop = false;
         while !(stop && sent >= 3000) && Instant::now() < deadline {
@@ -550,39 +502,90 @@ fn garbage_on_the_dhcp_port_does_not_stop_service() {
                     p
                 }
             };
-            let to = if r & 0x100 == 0 {
-                "10.20.0.2:67"
-            } else {
-                "255.255.255.255:67"
+            let to = match (r >> 16) % 3 {
+                0 if proxy => "10.20.0.2:4011",
+                1 => "255.255.255.255:67",
+                _ => "10.20.0.2:67",
             };
             let _ = sock.send_to(&pkt, to);
+            // The same bytes are garbage to DNS too (a DHCP header is no DNS query).
+            let _ = sock.send_to(&pkt[..pkt.len().min(512)], "10.20.0.2:53");
             sent += 1;
-            // ~5000 packets/s: far above real traffic, below flooding the socket buffer
-            // (a flood starves any UDP server; this test is about parsing, not capacity).
-            std::thread::sleep(Duration::from_micros(200));
+            if sent % 100 == 0
+                && let Ok(mut s) = std::net::TcpStream::connect("10.20.0.2:53")
+            {
+                use std::io::Write;
+                let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
+                let mut framed = (pkt.len() as u16).to_be_bytes().to_vec();
+                framed.extend_from_slice(&pkt);
+                let _ = s.write_all(&framed);
+                tcp += 1;
+            }
+            // ~4000 datagrams/s per server: far above real traffic, below flooding the socket
+            // buffers (a flood starves any UDP server; this test is about parsing, not capacity).
+            std::thread::sleep(Duration::from_micros(250));
         }
-        sent
+        (sent, tcp)
     });
     let tmp = tempfile::tempdir().unwrap();
+    if proxy {
+        // The site's own DHCP server gave this machine its address.
+        cli.add_addr("10.20.0.60/24");
+    }
     for round in 0..3 {
-        let env = udhcpc(&cli, tmp.path(), &[])
-            .unwrap_or_else(|| panic!("round {round}: no lease under garbage"));
-        assert_eq!(env_value(&env, "ip").as_deref(), Some("10.20.0.21"));
+        if proxy {
+            let mac = [0x52, 0x54, 0, 0, 0, 0x21];
+            let broadcast: SocketAddr = "255.255.255.255:67".parse().unwrap();
+            let discover = client_msg(MessageType::Discover, mac, Ipv4Addr::UNSPECIFIED, pxe_bios());
+            let offers = raw_exchange(&cli, discover, broadcast, Duration::from_secs(2));
+            assert_eq!(offers.len(), 1, "round {round}: no proxy offer under garbage");
+            let request = client_msg(
+                MessageType::Request,
+                mac,
+                "10.20.0.60".parse().unwrap(),
+                pxe_bios(),
+            );
+            let to = "10.20.0.2:4011".parse().unwrap();
+            let acks = raw_exchange(&cli, request, to, Duration::from_secs(2));
+            assert_eq!(acks.len(), 1, "round {round}: no 4011 ACK under garbage");
+            assert!(
+                matches!(acks[0].opts().get(OptionCode::BootfileName), Some(DhcpOption::BootfileName(f)) if f == b"undionly.kpxe")
+            );
+        } else {
+            let env = udhcpc(&cli, tmp.path(), &[])
+                .unwrap_or_else(|| panic!("round {round}: no lease under garbage"));
+            assert_eq!(env_value(&env, "ip").as_deref(), Some("10.20.0.21"));
+        }
+        for tcp in ["+notcp", "+tcp"] {
+            let out = asker.run(asker.command("dig").args([
+                "@10.20.0.2",
+                "+short",
+                "+time=2",
+                "+tries=3",
+                tcp,
+                "worker-1.lab.test",
+            ]));
+            assert_eq!(out.trim(), "10.20.0.21", "round {round} {tcp}");
+        }
     }
     stop_tx.send(()).unwrap();
-    let sent = sprayer.join().unwrap();
-    assert!(sent >= 3000, "only {sent} garbage packets sent");
+    let (sent, tcp) = sprayer.join().unwrap();
+    assert!(sent >= 3000 && tcp >= 30, "only {sent} datagrams, {tcp} TCP");
     assert!(slipway.is_running());
-    let (_, logs) = stop(slipway);
-    let stats = logs
-        .iter()
-        .find(|l| l.contains("DHCP stopped"))
-        .expect("stats logged");
-    let malformed: u64 = stats
-        .split("malformed: ")
-        .nth(1)
-        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(malformed > 100, "malformed packets counted: {stats}");
+    let after = malformed_counters(&asker);
+    assert!(
+        after.0 >= before.0 + 100 && after.1 >= before.1 + 100,
+        "malformed DHCP and DNS packets counted in /metrics: {before:?} -> {after:?}"
+    );
+    stop(slipway);
+}
+
+#[test]
+fn garbage_on_dhcp_and_dns_does_not_stop_leases_or_answers() {
+    garbage_on_dhcp_and_dns_does_not_stop_service("authoritative");
+}
+
+#[test]
+fn garbage_on_proxydhcp_and_dns_does_not_stop_proxy_offers_or_answers() {
+    garbage_on_dhcp_and_dns_does_not_stop_service("proxy");
 }

@@ -149,6 +149,24 @@ impl Lan {
     }
 }
 
+impl Lan {
+    /// Connects an existing host to this LAN as well (a router between two LANs): a veth
+    /// named `ifname` in the host, with `addr` when given.
+    pub fn attach(&self, host: &Host, ifname: &str, addr: Option<&str>) {
+        let port = format!("p{}", self.hosts.fetch_add(1, Ordering::Relaxed));
+        ip_ok(&[
+            "-n", &self.ns, "link", "add", &port, "type", "veth", "peer", "name", ifname, "netns",
+            &host.ns,
+        ]);
+        ip_ok(&["-n", &self.ns, "link", "set", &port, "master", "br0"]);
+        ip_ok(&["-n", &self.ns, "link", "set", &port, "up"]);
+        ip_ok(&["-n", &host.ns, "link", "set", ifname, "up"]);
+        if let Some(addr) = addr {
+            ip_ok(&["-n", &host.ns, "addr", "add", addr, "dev", ifname]);
+        }
+    }
+}
+
 impl Drop for Lan {
     fn drop(&mut self) {
         let _ = ip(&["netns", "del", &self.ns]);
@@ -183,6 +201,14 @@ impl Host {
     /// Adds a route: `dest` ("10.20.0.0/24" or "default") via `gateway`.
     pub fn add_route(&self, dest: &str, gateway: &str) {
         ip_ok(&["-n", &self.ns, "route", "add", dest, "via", gateway]);
+    }
+
+    /// Makes this host route IPv4 between its interfaces (the setting is per namespace).
+    pub fn enable_forwarding(&self) {
+        self.run(
+            self.command("sh")
+                .args(["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]),
+        );
     }
 
     /// Runs `cmd` to completion; panics with its output when it fails.
@@ -292,11 +318,17 @@ impl TestNode {
 pub struct TestDesc {
     pub domain: String,
     pub bootstrapper: String,
+    /// `bootstrapper.subnet`: Slipway on its own subnet, behind a router.
+    pub bootstrapper_subnet: Option<String>,
     pub subnet: String,
     pub gateway: String,
     pub upstream_dns: Vec<String>,
     pub vip: Option<String>,
+    pub mtu: Option<u16>,
+    pub ntp: Vec<String>,
     pub dhcp_mode: String,
+    /// `network.dhcp.lease_time` ("2h"); the default (1h) when None.
+    pub lease_time: Option<String>,
     pub pool: Option<(String, String)>,
     pub unknown_machines: String,
     pub nodes: Vec<TestNode>,
@@ -307,11 +339,15 @@ impl Default for TestDesc {
         TestDesc {
             domain: "lab.test".into(),
             bootstrapper: "10.20.0.2".into(),
+            bootstrapper_subnet: None,
             subnet: "10.20.0.0/24".into(),
             gateway: "10.20.0.1".into(),
             upstream_dns: vec![],
             vip: None,
+            mtu: None,
+            ntp: vec![],
             dhcp_mode: "authoritative".into(),
+            lease_time: None,
             pool: None,
             unknown_machines: "ignore".into(),
             nodes: vec![
@@ -335,6 +371,9 @@ impl TestDesc {
             "bootstrapper:\n  interface: eth0\n  address: {}\n",
             self.bootstrapper
         ));
+        if let Some(s) = &self.bootstrapper_subnet {
+            y.push_str(&format!("  subnet: {s}\n"));
+        }
         y.push_str(&format!(
             "network:\n  subnet: {}\n  gateway: {}\n",
             self.subnet, self.gateway
@@ -345,10 +384,19 @@ impl TestDesc {
                 self.upstream_dns.join(", ")
             ));
         }
+        if let Some(mtu) = self.mtu {
+            y.push_str(&format!("  mtu: {mtu}\n"));
+        }
+        if !self.ntp.is_empty() {
+            y.push_str(&format!("  ntp: [{}]\n", self.ntp.join(", ")));
+        }
         y.push_str(&format!(
             "  dhcp:\n    mode: {}\n    unknown_machines: {}\n",
             self.dhcp_mode, self.unknown_machines
         ));
+        if let Some(t) = &self.lease_time {
+            y.push_str(&format!("    lease_time: {t}\n"));
+        }
         if let Some((start, end)) = &self.pool {
             y.push_str(&format!(
                 "    pool:\n      start: {start}\n      end: {end}\n"
