@@ -74,14 +74,22 @@ fn a_bootstrapper_on_its_own_subnet_needs_bootstrapper_subnet() {
     let moved = text.replace("  address: 10.20.0.2\n", "  address: 10.30.0.2\n");
     assert_ne!(moved, text);
     let err = desc::parse_str("d.yaml", &moved).unwrap_err().render();
-    assert!(err.contains("bootstrapper address 10.30.0.2 is outside the subnet"), "{err}");
+    assert!(
+        err.contains("bootstrapper address 10.30.0.2 is outside the subnet"),
+        "{err}"
+    );
     assert!(err.contains("set bootstrapper.subnet"), "{err}");
     let relayed = moved.replace("  # subnet: 10.30.0.0/24", "  subnet: 10.30.0.0/24");
     let d = desc::parse_str("d.yaml", &relayed).unwrap_or_else(|e| panic!("{e}"));
     let plan = Plan::from_desc(&d);
     assert_eq!(plan.bootstrapper.address.to_string(), "10.30.0.2");
     assert!(plan.bootstrapper.http_base.contains("10.30.0.2"));
-    assert!(plan.nodes[0].boot.ipxe_script.starts_with("http://10.30.0.2:"));
+    assert!(
+        plan.nodes[0]
+            .boot
+            .ipxe_script
+            .starts_with("http://10.30.0.2:")
+    );
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! DHCP with real clients on a private LAN of network namespaces: ISC dhclient, busybox
 //! udhcpc posing as each PXE class, Kea's perfdhcp as a relay, and a raw PXE client for the
-//! ProxyDHCP exchange. Slipway's own recorded state is checked after each run.
+//! ProxyDHCP exchange; garbage sprayed at DHCP and DNS of one serve while clients keep being
+//! served. Slipway's own recorded state is checked after each run. The path through a real
+//! relay agent between two subnets is in dhcp_relay.rs.
 
 mod common;
 #[path = "common/dhcp_client.rs"]
@@ -536,9 +538,18 @@ fn garbage_on_dhcp_and_dns_does_not_stop_service(mode: &str) {
         if proxy {
             let mac = [0x52, 0x54, 0, 0, 0, 0x21];
             let broadcast: SocketAddr = "255.255.255.255:67".parse().unwrap();
-            let discover = client_msg(MessageType::Discover, mac, Ipv4Addr::UNSPECIFIED, pxe_bios());
+            let discover = client_msg(
+                MessageType::Discover,
+                mac,
+                Ipv4Addr::UNSPECIFIED,
+                pxe_bios(),
+            );
             let offers = raw_exchange(&cli, discover, broadcast, Duration::from_secs(2));
-            assert_eq!(offers.len(), 1, "round {round}: no proxy offer under garbage");
+            assert_eq!(
+                offers.len(),
+                1,
+                "round {round}: no proxy offer under garbage"
+            );
             let request = client_msg(
                 MessageType::Request,
                 mac,
@@ -570,7 +581,10 @@ fn garbage_on_dhcp_and_dns_does_not_stop_service(mode: &str) {
     }
     stop_tx.send(()).unwrap();
     let (sent, tcp) = sprayer.join().unwrap();
-    assert!(sent >= 3000 && tcp >= 30, "only {sent} datagrams, {tcp} TCP");
+    assert!(
+        sent >= 3000 && tcp >= 30,
+        "only {sent} datagrams, {tcp} TCP"
+    );
     assert!(slipway.is_running());
     let after = malformed_counters(&asker);
     assert!(

@@ -45,7 +45,16 @@ fn routed(tag: &str) -> Routed {
         router
             .command("dhcrelay")
             .args([
-                "-d", "-4", "-a", "-D", "--no-pid", "-iu", "eth0", "-id", "nodes0", "10.30.0.2",
+                "-d",
+                "-4",
+                "-a",
+                "-D",
+                "--no-pid",
+                "-iu",
+                "eth0",
+                "-id",
+                "nodes0",
+                "10.30.0.2",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),

@@ -141,7 +141,10 @@ fn bootstrapper(d: &ClusterDesc, diags: &mut Diagnostics) {
         if overlap(own, net) {
             diags.error(
                 own.pos,
-                format!("bootstrapper subnet {} overlaps the {what} {}", **own, **net),
+                format!(
+                    "bootstrapper subnet {} overlaps the {what} {}",
+                    **own, **net
+                ),
             );
         }
     }

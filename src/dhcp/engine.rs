@@ -406,4 +406,6 @@ fn event(kind: &str, c: &Client, message: String) -> Op {
 }
 
 #[cfg(test)]
+mod relay_tests;
+#[cfg(test)]
 mod tests;

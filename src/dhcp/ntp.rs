@@ -82,7 +82,11 @@ pub fn run(app: &App, resolved: &Resolved, shutdown: &Shutdown) {
                 };
                 failed = true;
                 if first {
-                    tracing::warn!(name, why, "NTP server name does not resolve: left out of DHCP option 42 until it does");
+                    tracing::warn!(
+                        name,
+                        why,
+                        "NTP server name does not resolve: left out of DHCP option 42 until it does"
+                    );
                 }
             }
             resolved.set(all);
@@ -101,10 +105,6 @@ mod tests {
         let ntp = ["10.0.0.5".to_string(), "time.lab".into(), "::1".into()];
         assert_eq!(names(&ntp), ["time.lab"]);
         // /etc/hosts, no network needed.
-        assert!(
-            resolve("localhost")
-                .unwrap()
-                .contains(&Ipv4Addr::LOCALHOST)
-        );
+        assert!(resolve("localhost").unwrap().contains(&Ipv4Addr::LOCALHOST));
     }
 }

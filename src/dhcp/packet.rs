@@ -226,7 +226,14 @@ pub fn encode_into(req: &Request, reply: &Reply, out: &mut Vec<u8>) {
     out.extend_from_slice(&[2, 1, 6, req.hops]); // op BOOTREPLY, htype Ethernet, hlen 6
     out.extend_from_slice(&req.xid.to_be_bytes());
     out.extend_from_slice(&[0, 0]); // secs
-    out.extend_from_slice(&(if broadcast_flag(req, reply) { 0x8000u16 } else { 0 }).to_be_bytes());
+    out.extend_from_slice(
+        &(if broadcast_flag(req, reply) {
+            0x8000u16
+        } else {
+            0
+        })
+        .to_be_bytes(),
+    );
     let ciaddr = if reply.kind == MessageType::Nak {
         Ipv4Addr::UNSPECIFIED
     } else {

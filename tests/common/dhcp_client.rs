@@ -109,7 +109,12 @@ pub fn raw_exchange(host: &Host, msg: Vec<u8>, to: SocketAddr, wait: Duration) -
     })
 }
 
-pub fn client_msg(kind: MessageType, mac: [u8; 6], ciaddr: Ipv4Addr, opts: Vec<DhcpOption>) -> Vec<u8> {
+pub fn client_msg(
+    kind: MessageType,
+    mac: [u8; 6],
+    ciaddr: Ipv4Addr,
+    opts: Vec<DhcpOption>,
+) -> Vec<u8> {
     let mut m = Message::new_with_id(
         0x5117_0000 | u32::from(mac[5]),
         ciaddr,
@@ -124,4 +129,3 @@ pub fn client_msg(kind: MessageType, mac: [u8; 6], ciaddr: Ipv4Addr, opts: Vec<D
     }
     m.to_vec().unwrap()
 }
-

@@ -4,15 +4,15 @@ use dhcproto::{Decodable, Encodable};
 use super::*;
 use crate::dhcp::packet::{self, ClientClass};
 
-const KNOWN: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x21];
+pub(super) const KNOWN: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x21];
 const STRANGER: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x99];
 
-fn plan(extra: &str) -> Plan {
+pub(super) fn plan(extra: &str) -> Plan {
     plan_edited(extra, &[])
 }
 
 /// The test plan with `(from, to)` replacements applied to its description text.
-fn plan_edited(extra: &str, edits: &[(&str, &str)]) -> Plan {
+pub(super) fn plan_edited(extra: &str, edits: &[(&str, &str)]) -> Plan {
     let mut yaml = format!(
         "cluster: {{name: c, domain: lab.test, kubernetes_version: 1.31.4}}\n\
          bootstrapper: {{interface: eth0, address: 10.20.0.2}}\n\
@@ -28,7 +28,7 @@ fn plan_edited(extra: &str, edits: &[(&str, &str)]) -> Plan {
     Plan::from_desc(&crate::desc::parse_str("t.yaml", &yaml).unwrap_or_else(|e| panic!("{e}")))
 }
 
-fn ctx(plan: &Plan) -> Ctx<'_> {
+pub(super) fn ctx(plan: &Plan) -> Ctx<'_> {
     static NONE: std::sync::LazyLock<std::collections::HashSet<Mac>> =
         std::sync::LazyLock::new(Default::default);
     Ctx {
@@ -41,7 +41,7 @@ fn ctx(plan: &Plan) -> Ctx<'_> {
     }
 }
 
-fn request(
+pub(super) fn request(
     kind: MessageType,
     mac: [u8; 6],
     opts: Vec<DhcpOption>,
@@ -63,7 +63,7 @@ fn request(
     packet::parse(&m.to_vec().unwrap()).unwrap()
 }
 
-fn req(kind: MessageType, mac: [u8; 6], opts: Vec<DhcpOption>) -> Request {
+pub(super) fn req(kind: MessageType, mac: [u8; 6], opts: Vec<DhcpOption>) -> Request {
     request(
         kind,
         mac,
@@ -73,7 +73,7 @@ fn req(kind: MessageType, mac: [u8; 6], opts: Vec<DhcpOption>) -> Request {
     )
 }
 
-fn ip(s: &str) -> Ipv4Addr {
+pub(super) fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
@@ -144,8 +144,7 @@ fn unknown_machines_are_ignored_by_default_and_enrolled_when_allowed() {
     assert!(out.reply.is_none() && out.ops.is_empty());
     assert_eq!(out.silence, Some(Silence::UnknownMac));
 
-    let p =
-        plan(", unknown_machines: enroll-worker, pool: {start: 10.20.0.200, end: 10.20.0.201}");
+    let p = plan(", unknown_machines: enroll-worker, pool: {start: 10.20.0.200, end: 10.20.0.201}");
     let mut t = LeaseTable::new(p.network.pool);
     let out = handle(
         &ctx(&p),
@@ -273,8 +272,7 @@ fn renewal_inform_and_release() {
 
 #[test]
 fn declined_pool_address_is_quarantined_and_recorded() {
-    let p =
-        plan(", unknown_machines: enroll-worker, pool: {start: 10.20.0.200, end: 10.20.0.201}");
+    let p = plan(", unknown_machines: enroll-worker, pool: {start: 10.20.0.200, end: 10.20.0.201}");
     let mut t = LeaseTable::new(p.network.pool);
     t.bind(Mac(STRANGER), ip("10.20.0.200"), 900, 3600, None);
     let d = req(
@@ -477,183 +475,4 @@ fn arbitrary_bytes_never_panic() {
         parsed > 1000 && replied > 100,
         "the mutations reached the decision logic ({parsed}, {replied})"
     );
-}
-
-/// Slipway on its own subnet behind the router 10.20.0.1: relayed requests from the node
-/// subnet are answered through the relay with Slipway's address as server, next-server and
-/// in the boot URLs; broadcasts on its own LAN are not from nodes.
-#[test]
-fn a_bootstrapper_behind_a_router_serves_the_node_subnet_through_relays() {
-    let p = plan_edited(
-        "",
-        &[(
-            "address: 10.20.0.2}",
-            "address: 10.30.0.2, subnet: 10.30.0.0/24}",
-        )],
-    );
-    let mut t = LeaseTable::new(None);
-    let gw = ip("10.20.0.1");
-    let pxe = vec![
-        DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()),
-        DhcpOption::ClientSystemArchitecture(0u16.into()),
-    ];
-    let relayed = request(
-        MessageType::Discover,
-        KNOWN,
-        pxe.clone(),
-        Ipv4Addr::UNSPECIFIED,
-        gw,
-    );
-    let (offer, dest) = handle(&ctx(&p), &mut t, &relayed, Port::Server)
-        .reply
-        .unwrap();
-    assert_eq!(dest, Destination::Relay(gw));
-    assert_eq!(offer.yiaddr, ip("10.20.0.21"));
-    assert_eq!(offer.server_id, ip("10.30.0.2"));
-    assert_eq!(offer.siaddr, ip("10.30.0.2"), "next-server");
-    assert_eq!(offer.tftp_server.as_deref(), Some("10.30.0.2"));
-    assert_eq!(offer.routers, vec![gw]);
-    assert_eq!(offer.subnet_mask, Some(ip("255.255.255.0")));
-    assert_eq!(offer.dns, vec![ip("10.30.0.2")]);
-    let ipxe = request(
-        MessageType::Discover,
-        KNOWN,
-        vec![DhcpOption::UserClass(b"iPXE".to_vec())],
-        Ipv4Addr::UNSPECIFIED,
-        gw,
-    );
-    let (offer, _) = handle(&ctx(&p), &mut t, &ipxe, Port::Server).reply.unwrap();
-    assert_eq!(
-        offer.boot_file.as_deref(),
-        Some("http://10.30.0.2:8080/boot/52-54-00-00-00-21.ipxe")
-    );
-
-    // Broadcasts on Slipway's own LAN are not from nodes, even with a node's MAC.
-    let local = req(MessageType::Discover, KNOWN, pxe);
-    assert_eq!(
-        handle(&ctx(&p), &mut t, &local, Port::Server).silence,
-        Some(Silence::NotRelayed)
-    );
-    // A renewal comes by unicast from the node's address, unrelayed: answered to it.
-    let renew = request(
-        MessageType::Request,
-        KNOWN,
-        vec![],
-        ip("10.20.0.21"),
-        Ipv4Addr::UNSPECIFIED,
-    );
-    let (ack, dest) = handle(&ctx(&p), &mut t, &renew, Port::Server)
-        .reply
-        .unwrap();
-    assert_eq!(
-        (ack.kind, dest),
-        (MessageType::Ack, Destination::Unicast(ip("10.20.0.21")))
-    );
-    // A renewal of a wrong address is NAKed to the client itself: a broadcast on Slipway's
-    // LAN would never reach it.
-    let wrong = request(
-        MessageType::Request,
-        KNOWN,
-        vec![],
-        ip("10.20.0.99"),
-        Ipv4Addr::UNSPECIFIED,
-    );
-    let (nak, dest) = handle(&ctx(&p), &mut t, &wrong, Port::Server)
-        .reply
-        .unwrap();
-    assert_eq!(
-        (nak.kind, dest),
-        (MessageType::Nak, Destination::Unicast(ip("10.20.0.99")))
-    );
-}
-
-/// RFC 2131 4.3.2: a NAK through a relay has the broadcast bit set, whatever the client's.
-#[test]
-fn a_nak_through_a_relay_sets_the_broadcast_bit() {
-    let p = plan("");
-    let mut t = LeaseTable::new(None);
-    let r = request(
-        MessageType::Request,
-        KNOWN,
-        vec![DhcpOption::RequestedIpAddress(ip("10.20.0.99"))],
-        Ipv4Addr::UNSPECIFIED,
-        ip("10.20.0.1"),
-    );
-    assert!(!r.broadcast);
-    let (nak, dest) = handle(&ctx(&p), &mut t, &r, Port::Server).reply.unwrap();
-    assert_eq!(
-        (nak.kind, dest),
-        (MessageType::Nak, Destination::Relay(ip("10.20.0.1")))
-    );
-    let m = Message::from_bytes(&packet::encode(&r, &nak)).unwrap();
-    assert!(m.flags().broadcast(), "NAK via relay without broadcast bit");
-    assert_eq!(m.giaddr(), ip("10.20.0.1"));
-    // An OFFER through the relay keeps the client's flag.
-    let d = request(
-        MessageType::Discover,
-        KNOWN,
-        vec![],
-        Ipv4Addr::UNSPECIFIED,
-        ip("10.20.0.1"),
-    );
-    let (offer, _) = handle(&ctx(&p), &mut t, &d, Port::Server).reply.unwrap();
-    let m = Message::from_bytes(&packet::encode(&d, &offer)).unwrap();
-    assert!(!m.flags().broadcast());
-}
-
-/// The options that only the code sets, read back from the encoded reply a client gets:
-/// MTU (26), broadcast address (28), NTP (42: the addresses written and the names resolved),
-/// TFTP server name (66) and the lease time from the description (51).
-#[test]
-fn network_options_reach_the_wire() {
-    let p = plan_edited(
-        "",
-        &[
-            ("  ntp: [", "  mtu: 9000\n  ntp: ["),
-            ("lease_time: 1h", "lease_time: 90m"),
-            ("subnet: 10.20.0.0/24", "subnet: 10.20.0.0/23"),
-        ],
-    );
-    let resolved = [ip("192.0.2.123"), ip("10.20.0.5")];
-    let c = Ctx {
-        ntp_resolved: &resolved,
-        ..ctx(&p)
-    };
-    let mut t = LeaseTable::new(None);
-    let r = req(
-        MessageType::Discover,
-        KNOWN,
-        vec![
-            DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()),
-            DhcpOption::ClientSystemArchitecture(0u16.into()),
-        ],
-    );
-    let (offer, _) = handle(&c, &mut t, &r, Port::Server).reply.unwrap();
-    let m = Message::from_bytes(&packet::encode(&r, &offer)).unwrap();
-    let o = m.opts();
-    assert!(matches!(
-        o.get(OptionCode::InterfaceMtu),
-        Some(DhcpOption::InterfaceMtu(9000))
-    ));
-    assert!(
-        matches!(o.get(OptionCode::BroadcastAddr), Some(DhcpOption::BroadcastAddr(b)) if *b == ip("10.20.1.255"))
-    );
-    assert!(
-        matches!(o.get(OptionCode::SubnetMask), Some(DhcpOption::SubnetMask(m)) if *m == ip("255.255.254.0"))
-    );
-    match o.get(OptionCode::NtpServers) {
-        Some(DhcpOption::NtpServers(v)) => assert_eq!(
-            v,
-            &vec![ip("10.20.0.5"), ip("192.0.2.123")],
-            "written addresses, then resolved names, once each"
-        ),
-        other => panic!("no NTP option: {other:?}"),
-    }
-    assert!(
-        matches!(o.get(OptionCode::TFTPServerName), Some(DhcpOption::TFTPServerName(n)) if n == b"10.20.0.2")
-    );
-    assert!(matches!(
-        o.get(OptionCode::AddressLeaseTime),
-        Some(DhcpOption::AddressLeaseTime(5400))
-    ));
 }
