@@ -145,7 +145,7 @@ function renderSummary(s) {
     ["Plan generation", s.plan_generation],
     ["Certificates", soonest ? `${s.certificates.length}, first expiry ${new Date(soonest.not_after * 1000).toISOString().slice(0, 10)} (${soonest.name})` : "none"],
     ["Images mirrored", `${s.images.filter(([, c]) => c === true).length} of ${s.images.length} pinned`],
-    ["Stuck after", Math.round(s.stuck_after_secs / 60) + " min"],
+    ["Stuck after", s.stuck_after_secs < 120 ? s.stuck_after_secs + " s" : Math.round(s.stuck_after_secs / 60) + " min"],
   ];
   $("#summary").replaceChildren(...items.map(([k, v]) => el("div", {}, el("b", {}, k), String(v))));
   $("#counts").replaceChildren(...s.nodes_by_state.map(([state, n]) => el("span", { class: "count-" + state }, `${n} ${state}`)));
