@@ -3,7 +3,7 @@
 //! without a reload, the registry's images are listed, the reinstall action needs the admin
 //! token. A screenshot is kept at target/status-page.png. Also, from outside the cluster's
 //! networks: the page's shell loads, data, the live stream and `slipway status` need the
-//! admin token; the forget action.
+//! admin token, and the page works once the token is entered; the forget action.
 
 mod common;
 #[path = "registry_support/mod.rs"]
@@ -134,6 +134,7 @@ fn status_page_updates_live_in_chromium() {
     );
 
     outside_the_cluster(&outsider, &token);
+    page_from_outside(&outsider, &node, &token);
     forget(&outsider, &token);
     // The admin token never reaches the log afterwards, though the page's stream carried it.
     let logged: Vec<&String> = slipway.drain_logs()[shown..]
@@ -272,6 +273,37 @@ fn outside_the_cluster(outsider: &Host, token: &str) {
     }
     let _ = watch.kill();
     let _ = watch.wait();
+}
+
+/// The page in Chromium from outside: empty until the token is entered, then filled and
+/// live (the node's next step shows without a reload).
+fn page_from_outside(outsider: &Host, node: &Host, token: &str) {
+    let mut browser = outsider
+        .command("node")
+        .arg(web_dir().join("outside.mjs"))
+        .args([&format!("{BASE}/"), "cp-1", "pxe"])
+        .env("SLIPWAY_TOKEN", token)
+        .current_dir(web_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let mut out = BufReader::new(browser.stdout.take().unwrap()).lines();
+    let first = out.next().expect("browser output").unwrap();
+    assert_eq!(first, "READY", "page from outside: {first}");
+    // cp-1 is `planned` again (reinstalled from the page); its script fetch moves it on.
+    let fetched = node
+        .command("curl")
+        .args(["-sf", "-o", "/dev/null"])
+        .arg(format!("{BASE}/boot/52-54-00-00-00-11.ipxe"))
+        .status()
+        .unwrap();
+    assert!(fetched.success());
+    writeln!(browser.stdin.take().unwrap(), "go").unwrap();
+    let second = out.next().expect("browser output").unwrap();
+    assert_eq!(second, "LIVE", "page from outside: {second}");
+    assert!(browser.wait().unwrap().success());
 }
 
 /// `POST /api/v1/nodes/{id}/forget`: needs the admin token; the planned node is `planned`
