@@ -539,6 +539,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn requests_are_counted_by_type_and_outcome() {
+        let s = Stats::default();
+        s.count(1, Outcome::Answered);
+        s.count(3, Outcome::Answered);
+        s.count(3, Outcome::Answered);
+        s.count(7, Outcome::Accepted);
+        s.count(1, Outcome::Shed);
+        s.count(42, Outcome::Ignored);
+        let get = |kind: &str, o: Outcome| {
+            let i = REQUEST_KINDS.iter().position(|k| *k == kind).unwrap();
+            s.by_kind[i][o as usize].load(Ordering::Relaxed)
+        };
+        assert_eq!(get("discover", Outcome::Answered), 1);
+        assert_eq!(get("discover", Outcome::Shed), 1);
+        assert_eq!(get("request", Outcome::Answered), 2);
+        assert_eq!(get("release", Outcome::Accepted), 1);
+        assert_eq!(get("other", Outcome::Ignored), 1);
+        assert_eq!(get("inform", Outcome::Answered), 0);
+    }
+
+    #[test]
     fn peek_kind_finds_option_53() {
         let mut p = vec![0u8; 240];
         p.extend_from_slice(&[0, 12, 3, b'a', b'b', b'c', 53, 1, 3, 255]);
