@@ -212,6 +212,57 @@ mod tests {
         }
     }
 
+    /// A writer for the test's log subscriber: everything into one buffer.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The request span the server logs (at debug) shows the URI with the token redacted.
+    #[tokio::test]
+    async fn the_request_log_shows_no_access_token() {
+        let logs = Captured::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        // Current-thread runtime: the server's tasks log through this subscriber too.
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/cluster-desc.example.yaml"
+        ));
+        let plan = crate::plan::Plan::from_desc(&crate::desc::load(&cfg).unwrap());
+        let store: std::sync::Arc<dyn crate::store::Store> =
+            std::sync::Arc::new(crate::store::open(&dir.path().join("state")).unwrap());
+        let app = crate::app::App::new(cfg, plan, store, Default::default()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(super::serve(listener, app, std::future::pending()));
+        let url = format!("http://{addr}/api/v1/summary?access_token=S3CRET&x=1");
+        crate::client::call(hyper::Method::GET, &url, None)
+            .await
+            .unwrap();
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("/api/v1/summary?access_token=REDACTED&x=1"),
+            "{text}"
+        );
+        assert!(!text.contains("S3CRET"), "{text}");
+    }
+
     #[test]
     fn access_tokens_are_scrubbed_from_logged_uris() {
         let uri: axum::http::Uri = "/api/v1/stream?a=1&access_token=s3cret&b=2&token=t0k"
