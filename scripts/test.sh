@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Slipway's whole test suite: installs what the tests need (Debian packages as root),
-# checks formatting and lints, builds the release binary, then runs every test.
+# checks formatting and lints, builds the release binary, runs every test, then the
+# one-command demo in its check mode (scripts/demo.sh --check).
 # In CI (CI=true) tests that need root, network namespaces or QEMU must run: they fail
 # instead of skipping when something they need is missing.
 set -euo pipefail
@@ -10,6 +11,10 @@ cd "$(dirname "$0")/.."
 PACKAGES=(curl iproute2 dnsutils dnsmasq-base isc-dhcp-client isc-dhcp-relay busybox-static kea-admin openssl
   ignition cloud-init chromium ipxe tftp-hpa atftp skopeo podman containerd docker-registry python3
   qemu-system-x86 qemu-utils ipxe-qemu ovmf radvd cpio)
+# npm installs playwright-core for the status-page test (Debian's nodejs and npm).
+if ! command -v npm >/dev/null 2>&1; then
+  PACKAGES+=(nodejs npm)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -58,3 +63,7 @@ echo "== cargo build --release"
 cargo build --locked --release
 echo "== cargo test"
 cargo test --locked --no-fail-fast --all-targets -- "$@"
+# The README's first command, non-interactive: three VMs installed, page on the host. Its
+# build reuses the dev-profile test binaries `cargo test` just built.
+echo "== scripts/demo.sh --check"
+scripts/demo.sh --check

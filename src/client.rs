@@ -39,14 +39,69 @@ pub async fn call(method: Method, url: &str, bearer: Option<&str>) -> Result<(St
     Ok((status, body))
 }
 
-pub async fn nodes(server: &str) -> Result<Vec<NodeView>> {
-    let (_, body) = call(Method::GET, &format!("{server}/api/v1/nodes"), None).await?;
+pub async fn nodes(server: &str, token: Option<&str>) -> Result<Vec<NodeView>> {
+    let (_, body) = call(Method::GET, &format!("{server}/api/v1/nodes"), token).await?;
     serde_json::from_slice(&body).context("unexpected answer from /api/v1/nodes")
 }
 
-pub async fn node(server: &str, id: &str) -> Result<NodeView> {
-    let (_, body) = call(Method::GET, &format!("{server}/api/v1/nodes/{id}"), None).await?;
+pub async fn node(server: &str, id: &str, token: Option<&str>) -> Result<NodeView> {
+    let (_, body) = call(Method::GET, &format!("{server}/api/v1/nodes/{id}"), token).await?;
     serde_json::from_slice(&body).context("unexpected answer from /api/v1/nodes/{id}")
+}
+
+/// The admin token for reads from outside the cluster's networks: from `file` (`--token`),
+/// else the token itself in `SLIPWAY_TOKEN`, else none (inside, reads need none).
+pub fn read_token(file: Option<&std::path::Path>) -> Result<Option<String>> {
+    let token = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the admin token from {}", f.display()))?,
+        None => std::env::var("SLIPWAY_TOKEN").unwrap_or_default(),
+    };
+    let token = token.trim();
+    if file.is_some() && token.is_empty() {
+        bail!("the admin token file is empty");
+    }
+    Ok((!token.is_empty()).then(|| token.to_string()))
+}
+
+/// `slipway status`: the table (or one node's timeline), once or redrawn every 2 s. While
+/// watching, a failed request is shown in place of the table and retried at the next tick
+/// (the server may be restarting).
+pub async fn status(
+    base: &str,
+    node_id: Option<&str>,
+    json: bool,
+    watch: bool,
+    token: Option<&str>,
+) -> Result<()> {
+    use std::io::Write as _;
+    loop {
+        let now = crate::store::now_millis();
+        let text = async {
+            Ok::<_, anyhow::Error>(match (node_id, json) {
+                (Some(id), false) => timeline(&node(base, id, token).await?),
+                (Some(id), true) => format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&node(base, id, token).await?)?
+                ),
+                (None, false) => status_table(&nodes(base, token).await?, now),
+                (None, true) => format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&nodes(base, token).await?)?
+                ),
+            })
+        }
+        .await;
+        if !watch {
+            print!("{}", text?);
+            return Ok(());
+        }
+        let text = text.unwrap_or_else(|e| format!("error: {e:#}\n(retrying every 2 s)\n"));
+        // Clear the screen and redraw from the top.
+        print!("\x1b[2J\x1b[H{base}  {}\n\n{text}", format_millis(now));
+        std::io::stdout().flush()?;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
 }
 
 fn age(now_ms: u64, at_ms: Option<u64>) -> String {

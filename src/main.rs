@@ -101,9 +101,13 @@ enum Command {
         node: Option<String>,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
-        /// Redraw every 2 seconds until interrupted.
+        /// Redraw every 2 seconds until interrupted (a failed request is shown and retried).
         #[arg(short, long)]
         watch: bool,
+        /// File holding the admin token, needed outside the cluster's networks (a copy of
+        /// <state-dir>/admin.token). Without it, the token itself from SLIPWAY_TOKEN.
+        #[arg(long = "token", value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Print what a node gets (iPXE script, Ignition, cloud-config, manifests); secrets are
     /// redacted unless --show-secrets.
@@ -337,43 +341,16 @@ fn main() -> ExitCode {
             node,
             output,
             watch,
+            token_file,
         } => {
             let base = match remote.base() {
                 Ok(b) => b,
                 Err(code) => return code,
             };
             run_client(async move {
-                loop {
-                    let now = slipway::store::now_millis();
-                    let text = match (&node, output) {
-                        (Some(id), Output::Table) => {
-                            client::timeline(&client::node(&base, id).await?)
-                        }
-                        (Some(id), Output::Json) => format!(
-                            "{}\n",
-                            serde_json::to_string_pretty(&client::node(&base, id).await?)?
-                        ),
-                        (None, Output::Table) => {
-                            client::status_table(&client::nodes(&base).await?, now)
-                        }
-                        (None, Output::Json) => format!(
-                            "{}\n",
-                            serde_json::to_string_pretty(&client::nodes(&base).await?)?
-                        ),
-                    };
-                    if !watch {
-                        print!("{text}");
-                        return Ok(());
-                    }
-                    // Clear the screen and redraw from the top.
-                    print!(
-                        "\x1b[2J\x1b[H{base}  {}\n\n{text}",
-                        client::format_millis(now)
-                    );
-                    use std::io::Write as _;
-                    std::io::stdout().flush()?;
-                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                }
+                let token = client::read_token(token_file.as_deref())?;
+                let json = matches!(output, Output::Json);
+                client::status(&base, node.as_deref(), json, watch, token.as_deref()).await
             })
         }
         Command::Node {

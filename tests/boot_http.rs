@@ -114,6 +114,14 @@ fn slipway_cli(host: &Host, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// The value of the sample `series` (name with labels, as rendered) in a metrics text.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+}
+
 fn states(host: &Host) -> serde_json::Value {
     let (code, body) = curl(host, &[&format!("{BASE}/api/v1/nodes/cp-1")]);
     assert_eq!(code, 200, "{body}");
@@ -442,6 +450,13 @@ fn enrolled_unknown_machine_installs_as_a_worker() {
         metrics.contains("slipway_dhcp_packets_total{direction=\"out\",type=\"ack\"} 1"),
         "{metrics}"
     );
+    // udhcpc's lease, counted by message type and outcome.
+    for kind in ["discover", "request"] {
+        let series = format!("slipway_dhcp_requests_total{{type=\"{kind}\",outcome=\"answered\"}}");
+        assert!(sample(&metrics, &series) >= 1.0, "{series}: {metrics}");
+    }
+    let release = "slipway_dhcp_requests_total{type=\"release\",outcome=\"accepted\"}";
+    assert_eq!(sample(&metrics, release), 0.0);
 }
 
 #[test]
@@ -459,9 +474,22 @@ fn unknown_machine_is_listed_then_approved_and_installs() {
     }
     .yaml();
     let slipway = Slipway::start(&server, &desc, &["--disable", "dns"]);
+    let token = std::fs::read_to_string(slipway.dir.path().join("state/admin.token")).unwrap();
+    // The admin token is shown once, on the start that creates it.
+    assert!(
+        slipway
+            .seen
+            .iter()
+            .any(|l| l.contains("admin token") && l.contains(token.trim())),
+        "admin token not shown on first start: {:?}",
+        slipway.seen
+    );
     let udhcpc = |tries: &str| lease(&stranger, "rack3-n1", tries);
     // Default policy: no answer, but the operator sees the machine.
     assert!(!udhcpc("2"), "an unknown MAC got a lease");
+    let (_, metrics) = curl(&admin, &[&format!("{BASE}/metrics")]);
+    let ignored = "slipway_dhcp_requests_total{type=\"discover\",outcome=\"ignored\"}";
+    assert!(sample(&metrics, ignored) >= 2.0, "{metrics}");
     let (code, body) = curl(&admin, &[&format!("{BASE}/api/v1/unknown")]);
     assert_eq!(code, 200, "{body}");
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -479,7 +507,6 @@ fn unknown_machine_is_listed_then_approved_and_installs() {
     // Approval needs the admin token, then DHCP serves the machine at once.
     let approve = format!("{BASE}/api/v1/unknown/52:54:00:77:00:02/approve");
     assert_eq!(curl(&admin, &["-X", "POST", &approve]).0, 401);
-    let token = std::fs::read_to_string(slipway.dir.path().join("state/admin.token")).unwrap();
     let auth = format!("Authorization: Bearer {}", token.trim());
     let (code, body) = curl(&admin, &["-X", "POST", "-H", &auth, &approve]);
     assert_eq!(code, 200, "{body}");
@@ -488,6 +515,11 @@ fn unknown_machine_is_listed_then_approved_and_installs() {
 
     // Approval survives a restart (SIGKILL, no clean shutdown).
     let slipway = slipway.kill_and_restart(&server, &["--disable", "dns"]);
+    assert!(
+        !slipway.seen.iter().any(|l| l.contains(token.trim())),
+        "admin token shown again: {:?}",
+        slipway.seen
+    );
     assert!(udhcpc("5"), "the approved machine got no lease");
     let (code, script) = curl(&stranger, &[&format!("{BASE}/boot/52-54-00-77-00-02.ipxe")]);
     assert_eq!(code, 200, "{script}");

@@ -53,11 +53,63 @@ pub struct Stats {
     /// was long, any write when the write queue was full.
     pub dropped_overload: AtomicU64,
     pub commit_failures: AtomicU64,
+    /// Parsed requests by message type (`REQUEST_KINDS`) and `Outcome`: what operators ask
+    /// when machines do not come up ("did it DISCOVER? was it answered?").
+    pub by_kind: [[AtomicU64; Outcome::ALL.len()]; REQUEST_KINDS.len()],
+}
+
+/// Client message types counted apart; anything else is `other`.
+pub const REQUEST_KINDS: [&str; 6] = [
+    "discover", "request", "decline", "release", "inform", "other",
+];
+
+/// What became of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A reply was sent (or queued behind its lease write).
+    Answered,
+    /// Deliberately not answered (unknown MAC, another server's, not ours to serve).
+    Ignored,
+    /// Acted on without a reply (RELEASE, DECLINE).
+    Accepted,
+    /// Dropped under overload.
+    Shed,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Answered,
+        Outcome::Ignored,
+        Outcome::Accepted,
+        Outcome::Shed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Answered => "answered",
+            Outcome::Ignored => "ignored",
+            Outcome::Accepted => "accepted",
+            Outcome::Shed => "shed",
+        }
+    }
 }
 
 impl Stats {
     fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request of DHCP message type `kind` (option 53's code).
+    pub fn count(&self, kind: u8, outcome: Outcome) {
+        let i = match kind {
+            1 => 0,
+            3 => 1,
+            4 => 2,
+            7 => 3,
+            8 => 4,
+            _ => 5,
+        };
+        Self::bump(&self.by_kind[i][outcome as usize]);
     }
 }
 
@@ -311,6 +363,7 @@ fn receiver(
             }
             if overloaded && peek_kind(bytes) == Some(DISCOVER) {
                 Stats::bump(&stats.dropped_overload);
+                stats.count(DISCOVER, Outcome::Shed);
                 continue;
             }
             let req = match packet::parse(bytes) {
@@ -322,6 +375,12 @@ fn receiver(
                 }
             };
             let decided = engine::handle(&ctx, &mut table, &req, port);
+            let kind = u8::from(req.kind);
+            let outcome = match (&decided.silence, &decided.reply) {
+                (Some(_), _) => Outcome::Ignored,
+                (None, Some(_)) => Outcome::Answered,
+                (None, None) => Outcome::Accepted,
+            };
             if let Some(why) = decided.silence {
                 Stats::bump(&stats.ignored);
                 tracing::debug!(mac = %req.mac, kind = ?req.kind, ?why, "no DHCP reply");
@@ -370,12 +429,14 @@ fn receiver(
                 if waiting > WRITE_MAX {
                     // The disk is hopelessly behind: the client retries.
                     Stats::bump(&stats.dropped_overload);
+                    stats.count(kind, Outcome::Shed);
                     continue;
                 }
                 let start = pending.ops.len();
                 pending.ops.extend(decided.ops);
                 pending.jobs.push((start, pending.ops.len(), reply_later));
             }
+            stats.count(kind, outcome);
         }
         drop(plan);
         out.flush(fd);
@@ -489,6 +550,27 @@ fn address(dest: Destination, src: SocketAddr) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_counted_by_type_and_outcome() {
+        let s = Stats::default();
+        s.count(1, Outcome::Answered);
+        s.count(3, Outcome::Answered);
+        s.count(3, Outcome::Answered);
+        s.count(7, Outcome::Accepted);
+        s.count(1, Outcome::Shed);
+        s.count(42, Outcome::Ignored);
+        let get = |kind: &str, o: Outcome| {
+            let i = REQUEST_KINDS.iter().position(|k| *k == kind).unwrap();
+            s.by_kind[i][o as usize].load(Ordering::Relaxed)
+        };
+        assert_eq!(get("discover", Outcome::Answered), 1);
+        assert_eq!(get("discover", Outcome::Shed), 1);
+        assert_eq!(get("request", Outcome::Answered), 2);
+        assert_eq!(get("release", Outcome::Accepted), 1);
+        assert_eq!(get("other", Outcome::Ignored), 1);
+        assert_eq!(get("inform", Outcome::Answered), 0);
+    }
 
     #[test]
     fn peek_kind_finds_option_53() {

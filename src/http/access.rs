@@ -1,7 +1,9 @@
-//! Who may read the status page, the API and the metrics: machines on the cluster's own
+//! Who may read the status data, the API and the metrics: machines on the cluster's own
 //! networks (node subnet, pod network, loopback) freely; anyone else with the admin token
 //! (`Authorization: Bearer`, or `?access_token=` where a header cannot be set, as for the
-//! page's EventSource). Actions check the admin token themselves.
+//! page's EventSource; the trace span shows it redacted). The page's static shell is open
+//! to all, so an operator elsewhere can load it and enter the token. Actions check the
+//! admin token themselves.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

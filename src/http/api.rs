@@ -1,6 +1,7 @@
 //! The JSON API under `/api/v1`: nodes with their lifecycle, events, and operator actions.
-//! Reads are open; actions need the admin token (`Authorization: Bearer`), which `serve`
-//! creates in the state directory on first start.
+//! Reads are open to the cluster's networks (elsewhere the admin token, see `access`);
+//! actions need the admin token (`Authorization: Bearer`), which `serve` creates in the
+//! state directory on first start.
 
 use std::collections::BTreeMap;
 use std::path::Path as FsPath;

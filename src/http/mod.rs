@@ -25,9 +25,6 @@ pub fn router(app: Arc<App>) -> Router {
     use crate::status::{feed, page};
     // Read-only status: open to the cluster's networks, elsewhere the admin token.
     let status = Router::new()
-        .route("/", get(page::index))
-        .route("/ui/app.js", get(page::app_js))
-        .route("/ui/style.css", get(page::style))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/plan", get(plan))
         .route("/api/v1/summary", get(page::summary))
@@ -43,6 +40,11 @@ pub fn router(app: Arc<App>) -> Router {
         ));
     Router::new()
         .merge(status)
+        // The page's shell carries no data: open to anyone, so an operator outside the
+        // cluster's networks can load it and enter the admin token.
+        .route("/", get(page::index))
+        .route("/ui/app.js", get(page::app_js))
+        .route("/ui/style.css", get(page::style))
         .route("/healthz", get(healthz))
         .route("/api/v1/nodes/{id}/reinstall", post(api::reinstall))
         .route("/api/v1/nodes/{id}/forget", post(api::forget))
@@ -56,8 +58,34 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(axum::middleware::from_fn(
             crate::status::metrics::track_http,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(app)
+}
+
+/// The trace span of a request, with secrets in the query replaced: the page's EventSource
+/// carries the admin token as `access_token`, a node's config fetch its boot `token`.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %req.method(),
+        uri = %scrub_uri(req.uri()),
+        version = ?req.version(),
+    )
+}
+
+/// `uri` with every `access_token=` and `token=` value replaced by `REDACTED`.
+pub fn scrub_uri(uri: &axum::http::Uri) -> String {
+    let Some(query) = uri.query() else {
+        return uri.to_string();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k == "access_token" || k == "token" => format!("{k}=REDACTED"),
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{}?{}", uri.path(), query.join("&"))
 }
 
 /// Every accepted connection with `TCP_NODELAY`: without it a response's last small
@@ -140,4 +168,112 @@ async fn not_found() -> Response {
 /// A JSON error body. Messages are fixed strings: never file-system paths or internals.
 pub fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({"error": message}))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Paths of the `.route("...")` calls in `source`, wildcards as OpenAPI writes them
+    /// (`{*path}` -> `{path}`).
+    fn routes_in(source: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = source;
+        while let Some(i) = rest.find(".route(") {
+            rest = rest[i + ".route(".len()..].trim_start();
+            if let Some(lit) = rest.strip_prefix('"') {
+                let end = lit.find('"').unwrap_or(0);
+                if lit.starts_with('/') {
+                    out.push(lit[..end].replace("{*", "{"));
+                }
+            }
+        }
+        out
+    }
+
+    /// The OpenAPI document must describe every route the router serves (read from this
+    /// module's and the file routes' source, so a new route cannot be forgotten).
+    #[test]
+    fn openapi_lists_every_route() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("openapi.json")).expect("valid JSON");
+        let paths = doc["paths"].as_object().expect("paths");
+        let served: Vec<String> = [include_str!("mod.rs"), include_str!("files.rs")]
+            .into_iter()
+            .flat_map(routes_in)
+            .collect();
+        assert!(served.len() >= 20, "route parsing found {served:?}");
+        for route in &served {
+            assert!(paths.contains_key(route), "{route} is not in openapi.json");
+        }
+        for path in paths.keys() {
+            assert!(
+                served.contains(path),
+                "openapi.json lists {path}, not served"
+            );
+        }
+    }
+
+    /// A writer for the test's log subscriber: everything into one buffer.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The request span the server logs (at debug) shows the URI with the token redacted.
+    #[tokio::test]
+    async fn the_request_log_shows_no_access_token() {
+        let logs = Captured::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        // Current-thread runtime: the server's tasks log through this subscriber too.
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/cluster-desc.example.yaml"
+        ));
+        let plan = crate::plan::Plan::from_desc(&crate::desc::load(&cfg).unwrap());
+        let store: std::sync::Arc<dyn crate::store::Store> =
+            std::sync::Arc::new(crate::store::open(&dir.path().join("state")).unwrap());
+        let app = crate::app::App::new(cfg, plan, store, Default::default()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(super::serve(listener, app, std::future::pending()));
+        let url = format!("http://{addr}/api/v1/summary?access_token=S3CRET&x=1");
+        crate::client::call(hyper::Method::GET, &url, None)
+            .await
+            .unwrap();
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("/api/v1/summary?access_token=REDACTED&x=1"),
+            "{text}"
+        );
+        assert!(!text.contains("S3CRET"), "{text}");
+    }
+
+    #[test]
+    fn access_tokens_are_scrubbed_from_logged_uris() {
+        let uri: axum::http::Uri = "/api/v1/stream?a=1&access_token=s3cret&b=2&token=t0k"
+            .parse()
+            .unwrap();
+        let shown = super::scrub_uri(&uri);
+        assert_eq!(
+            shown,
+            "/api/v1/stream?a=1&access_token=REDACTED&b=2&token=REDACTED"
+        );
+        let plain: axum::http::Uri = "/api/v1/nodes".parse().unwrap();
+        assert_eq!(super::scrub_uri(&plain), "/api/v1/nodes");
+    }
 }

@@ -76,6 +76,12 @@ pub fn render(app: &App) -> Result<String, StoreError> {
         r("offer", &s.offers);
         r("ack", &s.acks);
         r("nak", &s.naks);
+        for (kind, per_outcome) in crate::dhcp::server::REQUEST_KINDS.iter().zip(&s.by_kind) {
+            for (outcome, v) in crate::dhcp::server::Outcome::ALL.iter().zip(per_outcome) {
+                counter!("slipway_dhcp_requests_total", "type" => *kind, "outcome" => outcome.as_str())
+                    .absolute(v.load(Ordering::Relaxed));
+            }
+        }
         counter!("slipway_dhcp_commit_failures_total")
             .absolute(s.commit_failures.load(Ordering::Relaxed));
     }

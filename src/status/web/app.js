@@ -1,11 +1,18 @@
 // Slipway status page: the node table from /api/v1/nodes, refreshed live on every event
-// from /api/v1/stream (server-sent events). No build step, no dependencies.
+// from /api/v1/stream (server-sent events), and on a timer so a node that stops making
+// progress is marked stuck without any event. No build step, no dependencies.
+// Outside the cluster's networks every call carries the admin token entered below.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
 let nodes = [];
 let selected = null;
 let refreshTimer = null;
+let stuckTimer = null;
+let stuckAfterMs = null;
+let source = null;
+// Without events, the table is re-read this often (server-side stuck marking).
+const RECHECK_MS = 15000;
 
 function ago(ms) {
   if (ms == null) return "-";
@@ -27,13 +34,34 @@ function el(tag, attrs, ...children) {
 
 async function getJSON(url) {
   const r = await fetch(url, { headers: authHeaders() });
+  if (r.status === 403) throw new Error("outside the cluster's networks: enter the admin token below");
   if (!r.ok) throw new Error(url + ": " + r.status);
   return r.json();
 }
 
+function token() {
+  return sessionStorage.getItem("slipway-token") || "";
+}
+
 function authHeaders() {
-  const t = sessionStorage.getItem("slipway-token");
+  const t = token();
   return t ? { Authorization: "Bearer " + t } : {};
+}
+
+// Nodes on their way (not planned, joined or failed) can get stuck.
+const waiting = (n) => !["planned", "joined", "failed"].includes(n.state);
+
+// Re-reads the table when the next node would pass --stuck-after, at the latest after
+// RECHECK_MS: the server decides what is stuck, the page only asks again in time.
+function planRecheck() {
+  clearTimeout(stuckTimer);
+  let due = RECHECK_MS;
+  if (stuckAfterMs != null) {
+    for (const n of nodes) {
+      if (waiting(n) && !n.stuck && n.updated_at) due = Math.min(due, n.updated_at + stuckAfterMs - Date.now() + 500);
+    }
+  }
+  stuckTimer = setTimeout(scheduleRefresh, Math.max(1000, due));
 }
 
 async function action(node, what) {
@@ -92,10 +120,13 @@ async function refresh() {
     renderTable();
     renderUnknown(await getJSON("/api/v1/unknown"));
     const s = await getJSON("/api/v1/summary");
+    stuckAfterMs = s.stuck_after_secs * 1000;
     renderSummary(s);
     if (selected) showDetail(selected);
   } catch (e) {
     $("#action-result").textContent = String(e);
+  } finally {
+    planRecheck();
   }
 }
 
@@ -114,10 +145,16 @@ function renderSummary(s) {
     ["Plan generation", s.plan_generation],
     ["Certificates", soonest ? `${s.certificates.length}, first expiry ${new Date(soonest.not_after * 1000).toISOString().slice(0, 10)} (${soonest.name})` : "none"],
     ["Images mirrored", `${s.images.filter(([, c]) => c === true).length} of ${s.images.length} pinned`],
-    ["Stuck after", Math.round(s.stuck_after_secs / 60) + " min"],
+    ["Stuck after", s.stuck_after_secs < 120 ? s.stuck_after_secs + " s" : Math.round(s.stuck_after_secs / 60) + " min"],
   ];
   $("#summary").replaceChildren(...items.map(([k, v]) => el("div", {}, el("b", {}, k), String(v))));
   $("#counts").replaceChildren(...s.nodes_by_state.map(([state, n]) => el("span", { class: "count-" + state }, `${n} ${state}`)));
+  $("#images-section").hidden = s.images.length === 0;
+  $("#images").replaceChildren(...s.images.map(([name, cached]) => {
+    const [cls, label] = cached === true ? ["cached", "mirrored"]
+      : cached === false ? ["missing", "not mirrored yet"] : ["off", "registry not running here"];
+    return el("li", { class: cls, "data-image": name }, el("code", {}, name), " ", el("span", { class: "image-state" }, label));
+  }));
 }
 
 async function showDetail(id) {
@@ -135,9 +172,13 @@ async function showDetail(id) {
   }
 }
 
+// EventSource cannot send a header: the token goes in the query (the server keeps it out
+// of its logs).
 function connect() {
-  const t = sessionStorage.getItem("slipway-token");
+  if (source) source.close();
+  const t = token();
   const es = new EventSource("/api/v1/stream" + (t ? "?access_token=" + encodeURIComponent(t) : ""));
+  source = es;
   es.onopen = () => { $("#live").textContent = "live"; $("#live").className = "live on"; scheduleRefresh(); };
   es.onerror = () => { $("#live").textContent = "reconnecting"; $("#live").className = "live off"; };
   es.addEventListener("event", scheduleRefresh);
@@ -145,7 +186,12 @@ function connect() {
 }
 
 $("#token").value = sessionStorage.getItem("slipway-token") || "";
-$("#token").addEventListener("change", (e) => sessionStorage.setItem("slipway-token", e.target.value.trim()));
+$("#token").addEventListener("change", (e) => {
+  sessionStorage.setItem("slipway-token", e.target.value.trim());
+  $("#action-result").textContent = "";
+  connect();
+  scheduleRefresh();
+});
 setInterval(() => document.querySelectorAll("td.since").forEach((td) => {
   td.textContent = ago(td.dataset.at ? Number(td.dataset.at) : null);
 }), 1000);
