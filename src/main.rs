@@ -174,12 +174,13 @@ enum NodeAction {
         name: String,
         #[command(flatten)]
         remote: Remote,
-        /// State directory of the server, for its admin.token (or use --token).
+        /// State directory of the server, for its admin.token (on the bootstrapper itself).
         #[arg(long, default_value = "/var/lib/slipway", env = "SLIPWAY_STATE_DIR")]
         state_dir: PathBuf,
-        /// The admin token itself.
-        #[arg(long, env = "SLIPWAY_ADMIN_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        /// File holding the admin token (a copy of <state-dir>/admin.token), as for
+        /// `status`. Without it, the token itself from SLIPWAY_TOKEN, else the state dir's.
+        #[arg(long = "token", value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -359,7 +360,7 @@ fn main() -> ExitCode {
                     name,
                     remote,
                     state_dir,
-                    token,
+                    token_file,
                 },
         } => {
             let base = match remote.base() {
@@ -367,13 +368,16 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             run_client(async move {
-                let token = match token {
+                let token = match client::read_token(token_file.as_deref())? {
                     Some(t) => t,
                     None => {
                         let path = state_dir.join(slipway::http::api::ADMIN_TOKEN_FILE);
                         std::fs::read_to_string(&path)
                             .map_err(|e| {
-                                anyhow::anyhow!("reading {}: {e} (or pass --token)", path.display())
+                                anyhow::anyhow!(
+                                    "reading {}: {e} (or pass --token FILE)",
+                                    path.display()
+                                )
                             })?
                             .trim()
                             .to_string()
