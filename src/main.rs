@@ -67,7 +67,8 @@ enum Command {
         /// Concurrent TFTP transfers; requests beyond wait for a slot (see --tftp-queue).
         #[arg(long, default_value_t = slipway::tftp::DEFAULT_MAX_TRANSFERS)]
         tftp_max_transfers: usize,
-        /// TFTP requests that may wait for a transfer slot; beyond, a "busy" error.
+        /// TFTP requests that may wait for a transfer slot; beyond, a "busy" error (0: no
+        /// waiting at all).
         #[arg(long, default_value_t = slipway::tftp::queue::DEFAULT_QUEUE)]
         tftp_queue: usize,
         /// How long a TFTP request waits for a slot at most (keep it under the firmware's

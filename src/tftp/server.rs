@@ -134,7 +134,8 @@ pub async fn serve(
                 // Every request starts a transfer, as in tftpd-hpa: a client that repeats
                 // its request locks onto the first answer and ends the other with error 5,
                 // while a client that ends one transfer and asks again at once (OVMF after
-                // its size probe) must never be mistaken for a repeat.
+                // its size probe) must never be mistaken for a repeat. Only a repeat of a
+                // request still waiting for a slot is dropped: nothing has answered it yet.
                 bump(&stats.requests);
                 match slots.admit(peer) {
                     Admit::Now(permit) => {
