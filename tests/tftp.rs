@@ -340,4 +340,3 @@ fn garbage_does_not_stop_a_real_client() {
     assert!(stat(&stats, "bad_packets") >= sent / 4, "{sent} {stats}");
     assert_eq!(stat(&stats, "completed"), 3, "{stats}");
 }
-

@@ -74,7 +74,8 @@ fn six_clients_share_two_slots_and_all_finish() {
     for _ in 0..4 {
         net.slipway.wait_log("TFTP request waits for a slot");
     }
-    net.slipway.wait_log("TFTP repeat of a waiting request dropped");
+    net.slipway
+        .wait_log("TFTP repeat of a waiting request dropped");
 
     // Now every client goes on at once, each on its own thread.
     let firsts = [Some(first0), Some(first1), None, None, None, None];
@@ -198,15 +199,20 @@ fn blksize_8192_is_negotiated_down_to_the_link_mtu() {
         return;
     }
     // The description claims jumbo frames; the veth carries 1500 bytes.
-    let yaml = common::TestDesc::default()
-        .yaml()
-        .replace("  gateway: 10.20.0.1\n", "  gateway: 10.20.0.1\n  mtu: 9000\n");
+    let yaml = common::TestDesc::default().yaml().replace(
+        "  gateway: 10.20.0.1\n",
+        "  gateway: 10.20.0.1\n  mtu: 9000\n",
+    );
     assert!(yaml.contains("mtu: 9000"), "{yaml}");
     let net = setup_with("tftpmtu", &yaml, &[]);
     let body = content(50_000, 19);
     std::fs::write(net.images().join("f.bin"), &body).unwrap();
     let [a, b, c]: [Raw; 3] = raw_clients(&net, 3).try_into().ok().unwrap();
-    assert_eq!(offered_blksize(&a), "1468", "1500 - IPv4 - UDP - TFTP headers");
+    assert_eq!(
+        offered_blksize(&a),
+        "1468",
+        "1500 - IPv4 - UDP - TFTP headers"
+    );
     // The download uses that block size, and arrives whole.
     b.request(RRQ, b"f.bin", &[("blksize", "8192")]);
     assert_eq!(b.download(b.recv()), body);

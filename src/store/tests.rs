@@ -439,7 +439,12 @@ fn apply_commits_a_batch_and_isolates_a_conflicting_op() {
         at_millis,
         forward_only,
     };
-    assert!(store.apply(&[retry(NodeState::Discovered, 8, true)]).unwrap()[0].is_ok());
+    assert!(
+        store
+            .apply(&[retry(NodeState::Discovered, 8, true)])
+            .unwrap()[0]
+            .is_ok()
+    );
     let node = store.get_node(MAC_A).unwrap().unwrap();
     assert_eq!((node.state, node.history.len()), (NodeState::Failed, 2));
     assert!(store.apply(&[retry(NodeState::Planned, 9, false)]).unwrap()[0].is_ok());

@@ -144,12 +144,7 @@ pub async fn serve(
                     Admit::Wait => {
                         bump(&stats.waited);
                         tracing::debug!(%peer, file = %req.display_name(), "TFTP request waits for a slot");
-                        tasks.spawn(wait_then_transfer(
-                            shared.clone(),
-                            slots.clone(),
-                            req,
-                            peer,
-                        ));
+                        tasks.spawn(wait_then_transfer(shared.clone(), slots.clone(), req, peer));
                     }
                     Admit::Duplicate => {
                         bump(&stats.duplicates);
@@ -208,7 +203,12 @@ fn kind(p: &Packet<'_>) -> &'static str {
 
 /// A queued request: its transfer once a slot frees; nothing (no answer) when the wait
 /// runs out or the server stops.
-async fn wait_then_transfer(shared: Arc<Shared>, slots: Arc<Slots>, req: Request, peer: SocketAddr) {
+async fn wait_then_transfer(
+    shared: Arc<Shared>,
+    slots: Arc<Slots>,
+    req: Request,
+    peer: SocketAddr,
+) {
     let stop = shared.shutdown.clone().wait();
     let permit = tokio::select! {
         _ = stop => return,
