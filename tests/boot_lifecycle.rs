@@ -224,6 +224,17 @@ fn reported_failure_is_recorded_and_held_until_reinstall() {
     assert_eq!(view["state"], "failed", "{view}");
     assert_eq!(states(&view).last().unwrap(), "failed");
 
+    // The installer's own later report still counts (it retried by itself and made it)...
+    assert_eq!(post(&format!("token={token}&state=installed")), 204);
+    assert_eq!(node_view(&net.ops)["state"], "installed");
+    assert!(script(&net.node).contains("sanboot"), "installed: local disk");
+    // ...and a second failure holds it again.
+    assert_eq!(
+        post(&format!("token={token}&state=failed&message=fsck+failed")),
+        204
+    );
+    assert_held(&script(&net.node), "fsck failed");
+
     // The operator decides: reinstall, and the next fetch installs with a fresh token.
     reinstall(&net.ops, &net.slipway);
     assert_eq!(node_view(&net.ops)["state"], "planned");

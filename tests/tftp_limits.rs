@@ -34,7 +34,7 @@ fn abort(c: &Raw, tid: SocketAddr, code: ErrorCode) {
 
 #[test]
 fn six_clients_share_two_slots_and_all_finish() {
-    if !need(&[]) {
+    if !need(&["curl"]) {
         return;
     }
     let mut args = vec!["--tftp-max-transfers", "2"];
@@ -100,6 +100,20 @@ fn six_clients_share_two_slots_and_all_finish() {
     }
     for _ in 0..6 {
         net.slipway.wait_log("TFTP transfer complete");
+    }
+    // The operator sees the waits in /metrics.
+    let metrics = net.cli.run(net.cli.command("curl").args([
+        "-sS",
+        "-m",
+        "10",
+        "http://10.20.0.2:8080/metrics",
+    ]));
+    for line in [
+        "slipway_tftp_queue_total{event=\"waited\"} 4",
+        "slipway_tftp_queue_total{event=\"duplicate\"} 1",
+        "slipway_tftp_queue_total{event=\"wait_expired\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
     let (_, stats) = net.stop();
     for (name, want) in [
