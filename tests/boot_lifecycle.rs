@@ -227,7 +227,10 @@ fn reported_failure_is_recorded_and_held_until_reinstall() {
     // The installer's own later report still counts (it retried by itself and made it)...
     assert_eq!(post(&format!("token={token}&state=installed")), 204);
     assert_eq!(node_view(&net.ops)["state"], "installed");
-    assert!(script(&net.node).contains("sanboot"), "installed: local disk");
+    assert!(
+        script(&net.node).contains("sanboot"),
+        "installed: local disk"
+    );
     // ...and a second failure holds it again.
     assert_eq!(
         post(&format!("token={token}&state=failed&message=fsck+failed")),
