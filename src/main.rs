@@ -64,9 +64,17 @@ enum Command {
         /// TFTP listen address; default: the bootstrapper address and tftp port.
         #[arg(long)]
         tftp_listen: Option<SocketAddr>,
-        /// Concurrent TFTP transfers; requests beyond get a "busy" error.
+        /// Concurrent TFTP transfers; requests beyond wait for a slot (see --tftp-queue).
         #[arg(long, default_value_t = slipway::tftp::DEFAULT_MAX_TRANSFERS)]
         tftp_max_transfers: usize,
+        /// TFTP requests that may wait for a transfer slot; beyond, a "busy" error (0: no
+        /// waiting at all).
+        #[arg(long, default_value_t = slipway::tftp::queue::DEFAULT_QUEUE)]
+        tftp_queue: usize,
+        /// How long a TFTP request waits for a slot at most (keep it under the firmware's
+        /// RRQ retransmission timeout); then it is dropped and the client's retry queues.
+        #[arg(long, default_value_t = slipway::tftp::queue::DEFAULT_QUEUE_WAIT.as_millis() as u64)]
+        tftp_queue_wait_ms: u64,
         /// Registry listen address; default: the bootstrapper address and registry port.
         #[arg(long)]
         registry_listen: Option<SocketAddr>,
@@ -291,6 +299,8 @@ fn main() -> ExitCode {
             dns_listen,
             tftp_listen,
             tftp_max_transfers,
+            tftp_queue,
+            tftp_queue_wait_ms,
             registry_listen,
             registry_offline,
             registry_max_upload,
@@ -318,6 +328,8 @@ fn main() -> ExitCode {
                 dns_listen,
                 tftp_listen,
                 tftp_max_transfers,
+                tftp_queue,
+                tftp_queue_wait: std::time::Duration::from_millis(tftp_queue_wait_ms),
                 registry_listen,
                 registry: slipway::registry::Options {
                     offline: registry_offline,

@@ -23,8 +23,11 @@ pub struct ServeOptions {
     pub dns_listen: Option<SocketAddr>,
     /// Overrides the TFTP listen address (default: bootstrapper address, tftp port).
     pub tftp_listen: Option<SocketAddr>,
-    /// Concurrent TFTP transfers; further requests get a "busy" error.
+    /// Concurrent TFTP transfers; further requests wait for a slot.
     pub tftp_max_transfers: usize,
+    /// TFTP requests that may wait for a slot (beyond: "busy"), and how long each may wait.
+    pub tftp_queue: usize,
+    pub tftp_queue_wait: Duration,
     /// Overrides the registry listen address (default: bootstrapper address, registry port).
     pub registry_listen: Option<SocketAddr>,
     pub registry: crate::registry::Options,
@@ -201,6 +204,8 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         let config = crate::tftp::Config {
             roots: crate::tftp::roots(&opts.images_dir),
             max_transfers: opts.tftp_max_transfers,
+            queue: opts.tftp_queue,
+            queue_wait: opts.tftp_queue_wait,
         };
         tracing::info!(%tftp_addr, "TFTP serving");
         let stats = Arc::new(crate::tftp::Stats::default());

@@ -3,128 +3,20 @@
 //! curl and busybox; every download is compared byte for byte with the served file. A raw
 //! UDP client covers what clients never do on purpose: write requests, traversal, absolute
 //! paths, symlinks out of the root, the OVMF size probe, silence (retransmission with
-//! backoff), garbage sprayed at the port, and more transfers than the cap allows.
+//! backoff) and garbage sprayed at the port. Caps, the waiting room, ports and MTU:
+//! tests/tftp_limits.rs.
 
 mod common;
+mod tftp_support;
 
-use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::net::UdpSocket;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Host, Lan, Slipway, TestDesc, have, netns_available};
 use slipway::status::NodeState;
 use slipway::store::Store;
 use slipway::tftp::packet::{self, Packet, RRQ, WRQ};
-
-const SERVER: &str = "10.20.0.2:69";
-/// The client poses as worker-1 (its planned address), so transfers move its lifecycle.
-const CLIENT_IP: &str = "10.20.0.21/24";
-const WORKER_MAC: &str = "52:54:00:00:00:21";
-
-fn need(programs: &[&str]) -> bool {
-    if !netns_available() {
-        return false;
-    }
-    for p in programs {
-        if !have(p) {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{p} is required in CI (scripts/test.sh installs it)");
-            }
-            eprintln!("SKIPPED: {p} is not installed");
-            return false;
-        }
-    }
-    true
-}
-
-struct Net {
-    // Field order is drop order: the server goes before the LAN.
-    slipway: Slipway,
-    _srv: Host,
-    cli: Host,
-    _lan: Lan,
-}
-
-impl Net {
-    fn images(&self) -> PathBuf {
-        self.slipway.dir.path().join("images").join("ipxe")
-    }
-
-    /// Stops the server; returns its state directory and the `TFTP stopped` log line.
-    fn stop(mut self) -> (tempfile::TempDir, String) {
-        self.slipway.signal(libc::SIGTERM);
-        let line = self.slipway.wait_log("TFTP stopped");
-        self.slipway.wait_log("slipway stopped");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.slipway.is_running() {
-            assert!(Instant::now() < deadline, "serve did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let Net { slipway, .. } = self;
-        (slipway.dir, line)
-    }
-}
-
-fn setup(tag: &str, args: &[&str]) -> Net {
-    let lan = Lan::new(tag);
-    let srv = lan.host("srv", Some("10.20.0.2/24"), None);
-    let cli = lan.host("cli", Some(CLIENT_IP), Some(WORKER_MAC));
-    let mut all = vec!["--disable", "dhcp", "--disable", "dns"];
-    all.extend_from_slice(args);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("images/ipxe")).unwrap();
-    let slipway = Slipway::start_in(&srv, dir, &TestDesc::default().yaml(), &all);
-    assert!(
-        slipway.seen.iter().any(|l| l.contains("TFTP serving")),
-        "{:?}",
-        slipway.seen
-    );
-    Net {
-        slipway,
-        _srv: srv,
-        cli,
-        _lan: lan,
-    }
-}
-
-/// Deterministic, incompressible-looking content.
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect()
-}
-
-fn sha256(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-/// The `key=value` of a JSON log line's stats debug dump, e.g. `size_probes: 1`.
-fn stat(line: &str, name: &str) -> u64 {
-    let at = line
-        .find(&format!("{name}: "))
-        .unwrap_or_else(|| panic!("{name} in {line}"));
-    line[at + name.len() + 2..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap()
-}
+use tftp_support::*;
 
 #[test]
 fn real_clients_download_identical_bytes() {
@@ -251,93 +143,6 @@ fn real_clients_download_identical_bytes() {
             .is_some_and(|d| d.starts_with("TFTP ")),
         "{node:?}"
     );
-}
-
-/// A raw TFTP client socket inside the client namespace.
-struct Raw {
-    sock: UdpSocket,
-    server: SocketAddr,
-}
-
-impl Raw {
-    fn new() -> Raw {
-        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        Raw {
-            sock,
-            server: SERVER.parse().unwrap(),
-        }
-    }
-
-    fn request(&self, op: u16, name: &[u8], options: &[(&str, &str)]) {
-        let mut p = Vec::new();
-        packet::encode_request(op, name, options, &mut p);
-        self.sock.send_to(&p, self.server).unwrap();
-    }
-
-    /// Next datagram: its bytes and where it came from (the transfer's port).
-    fn recv(&self) -> (Vec<u8>, SocketAddr) {
-        let mut buf = vec![0u8; 70_000];
-        let (n, from) = self.sock.recv_from(&mut buf).expect("a reply");
-        buf.truncate(n);
-        (buf, from)
-    }
-
-    fn send(&self, p: &[u8], to: SocketAddr) {
-        self.sock.send_to(p, to).unwrap();
-    }
-
-    /// The error (code, message) the server answers `name` with.
-    fn error_for(&self, op: u16, name: &[u8]) -> (u16, String) {
-        self.request(op, name, &[]);
-        let (p, _) = self.recv();
-        match packet::parse(&p) {
-            Ok(Packet::Error { code, message }) => (code, message),
-            other => panic!("expected an error, got {other:?}"),
-        }
-    }
-
-    /// Downloads until the short block, acknowledging each window's last block (RFC 7440;
-    /// the window is 1 without an OACK); returns the bytes. `first` is the first datagram
-    /// already received (DATA 1 or an OACK).
-    fn download(&self, first: (Vec<u8>, SocketAddr)) -> Vec<u8> {
-        let (mut p, tid) = first;
-        let mut data = Vec::new();
-        let (mut blksize, mut window) = (512, 1u16);
-        let mut expect: u16 = 1;
-        if let Ok(Packet::Oack(opts)) = packet::parse(&p) {
-            for (k, v) in opts {
-                match k.as_str() {
-                    "blksize" => blksize = v.parse().unwrap(),
-                    "windowsize" => window = v.parse().unwrap(),
-                    _ => {}
-                }
-            }
-            let mut ack = Vec::new();
-            packet::encode_ack(0, &mut ack);
-            self.send(&ack, tid);
-            p = self.recv().0;
-        }
-        loop {
-            let Ok(Packet::Data { block, data: d }) = packet::parse(&p) else {
-                panic!("expected DATA, got {p:?}");
-            };
-            let last = d.len() < blksize;
-            if block == expect {
-                data.extend_from_slice(d);
-                expect = expect.wrapping_add(1);
-                if last || block.is_multiple_of(window) {
-                    let mut ack = Vec::new();
-                    packet::encode_ack(block, &mut ack);
-                    self.send(&ack, tid);
-                }
-                if last {
-                    return data;
-                }
-            }
-            p = self.recv().0;
-        }
-    }
 }
 
 #[test]
@@ -534,40 +339,4 @@ fn garbage_does_not_stop_a_real_client() {
     let (_, stats) = net.stop();
     assert!(stat(&stats, "bad_packets") >= sent / 4, "{sent} {stats}");
     assert_eq!(stat(&stats, "completed"), 3, "{stats}");
-}
-
-#[test]
-fn transfers_beyond_the_cap_are_told_busy() {
-    if !need(&[]) {
-        return;
-    }
-    let mut net = setup("tftpcap", &["--tftp-max-transfers", "2"]);
-    let body = content(10_000, 13);
-    std::fs::write(net.images().join("f.bin"), &body).unwrap();
-    let (busy, got) = net.cli.within(|| {
-        // Two clients start transfers and stall after block 1.
-        let a = Raw::new();
-        let b = Raw::new();
-        a.request(RRQ, b"f.bin", &[]);
-        b.request(RRQ, b"f.bin", &[]);
-        let (_, tid_a) = a.recv();
-        let _ = b.recv();
-        let c = Raw::new();
-        let busy = c.error_for(RRQ, b"f.bin");
-        // A ends its transfer: the slot is free again.
-        let mut abort = Vec::new();
-        packet::encode_error(packet::ErrorCode::NotDefined, "cancel", &mut abort);
-        a.send(&abort, tid_a);
-        std::thread::sleep(Duration::from_millis(200));
-        c.request(RRQ, b"f.bin", &[]);
-        (busy, c.download(c.recv()))
-    });
-    assert_eq!(busy.0, 0);
-    assert!(busy.1.contains("busy"), "{busy:?}");
-    assert_eq!(got, body);
-    net.slipway.wait_log("TFTP transfer complete");
-    let (_, stats) = net.stop();
-    assert_eq!(stat(&stats, "busy"), 1, "{stats}");
-    assert_eq!(stat(&stats, "started"), 3, "{stats}");
-    assert_eq!(stat(&stats, "completed"), 1, "{stats}");
 }

@@ -113,6 +113,27 @@ pub async fn script(
     match boot::script_kind(state) {
         ScriptKind::LocalDisk => local_disk(app, node).await,
         ScriptKind::Install => install(app, node, state).await,
+        ScriptKind::Hold => {
+            let why = record.and_then(|r| r.detail).unwrap_or_default();
+            held(&app, &node, &why)
+        }
+    }
+}
+
+/// A failed node: no token, no installer; it asks again every minute, so that
+/// `slipway node reinstall` takes effect without anyone at its console.
+fn held(app: &App, node: &NodePlan, why: &str) -> Response {
+    tracing::info!(node = %node.hostname, reason = why, "boot script: failed node held");
+    let msg = boot::ipxe_text(&format!(
+        "{} failed ({why}); held until: slipway node reinstall {}",
+        node.hostname, node.hostname
+    ));
+    match app
+        .renderer()
+        .hold_script(&node.boot.ipxe_script, &msg, boot::HOLD_RETRY_SECS)
+    {
+        Ok(t) => ipxe(t),
+        Err(e) => internal("rendering the boot script failed", e),
     }
 }
 
@@ -133,23 +154,20 @@ async fn install(app: Arc<App>, node: NodePlan, state: Option<NodeState>) -> Res
     let mac = node.mac.to_string();
     let now = now_millis();
     let fetches = app.loop_guard.note(&mac, now);
-    if fetches > boot::LOOP_LIMIT
-        && state.is_none_or(|s| s < NodeState::Booting || s == NodeState::Failed)
-    {
+    if fetches > boot::LOOP_LIMIT && state.is_none_or(|s| s < NodeState::Booting) {
         // The machine keeps asking without ever loading the installer: stop feeding it
-        // tokens, say so on its record, and let it retry slowly.
+        // tokens, mark it failed (held like any failed node until `node reinstall`).
         let detail =
             format!("boot loop: {fetches} script fetches in 10 min without loading the installer");
         let app2 = app.clone();
         let (m, h) = (mac.clone(), node.hostname.clone());
         let d = detail.clone();
-        let _ = blocking(move || app2.node_step(&m, Some(h), NodeState::Failed, &d, false)).await;
-        return match app
-            .renderer()
-            .hold_script(&node.boot.ipxe_script, &detail, 300)
-        {
-            Ok(t) => ipxe(t),
-            Err(e) => internal("rendering the boot script failed", e),
+        let saved =
+            blocking(move || app2.node_step(&m, Some(h), NodeState::Failed, &d, false)).await;
+        return match saved {
+            Ok(Ok(())) => held(&app, &node, &detail),
+            Ok(Err(e)) => internal("state store unavailable", e),
+            Err(r) => r,
         };
     }
     let token = match boot::new_token() {
@@ -400,8 +418,13 @@ pub async fn report(
             } else {
                 format!("reported {state}: {message}")
             };
-            // A failure is recorded whatever came before; progress only moves forward.
-            let forward_only = state != NodeState::Failed;
+            // A failure is recorded whatever came before; progress only moves forward,
+            // except out of `failed`: the installer itself retried and says how it went.
+            let was_failed = app2
+                .store
+                .get_node(&key)?
+                .is_some_and(|n| n.state == NodeState::Failed);
+            let forward_only = state != NodeState::Failed && !was_failed;
             app2.node_step(
                 &key,
                 Some(node.hostname.clone()),

@@ -109,6 +109,14 @@ pub fn render(app: &App) -> Result<String, StoreError> {
             counter!("slipway_tftp_transfers_total", "outcome" => outcome)
                 .absolute(v.load(Ordering::Relaxed));
         }
+        for (event, v) in [
+            ("waited", &t.waited),
+            ("wait_expired", &t.wait_expired),
+            ("duplicate", &t.duplicates),
+        ] {
+            counter!("slipway_tftp_queue_total", "event" => event)
+                .absolute(v.load(Ordering::Relaxed));
+        }
         counter!("slipway_tftp_bytes_total").absolute(t.bytes_sent.load(Ordering::Relaxed));
         counter!("slipway_tftp_bad_packets_total").absolute(t.bad_packets.load(Ordering::Relaxed));
     }

@@ -120,7 +120,8 @@ pub enum Op {
         at_millis: u64,
         /// Skip the write when the node is already at or past `state` (e.g. a DHCP renewal
         /// of an installed node must not move it back to `discovered`). A node in `failed`
-        /// is never "past" anything: its next boot attempt is recorded.
+        /// is past everything: it stays failed until an explicit transition (see
+        /// docs/boot-flow.md), while the skipped step's event is still recorded.
         forward_only: bool,
     },
     Event {

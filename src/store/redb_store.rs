@@ -906,8 +906,10 @@ impl RedbStore {
                     } else {
                         None
                     };
-                    // A failed node that boots again moves forward from scratch.
-                    if current.is_some_and(|c| c != NodeState::Failed && c >= *state) {
+                    // `failed` is past everything: a failed node's next DHCP or TFTP
+                    // step does not hide the failure; only explicit transitions (a report,
+                    // the operator's reinstall) move it.
+                    if current.is_some_and(|c| c == NodeState::Failed || c >= *state) {
                         Ok(())
                     } else {
                         record_transition_in(

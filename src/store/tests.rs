@@ -426,21 +426,30 @@ fn apply_commits_a_batch_and_isolates_a_conflicting_op() {
     };
     assert!(store.apply(&[back]).unwrap()[0].is_ok());
     assert_eq!(store.get_node(MAC_A).unwrap().unwrap().history.len(), 1);
-    // ...but a failed node's next boot attempt is recorded.
+    // A failed node stays failed through its next DHCP/TFTP steps (it is held until the
+    // operator's reinstall, an explicit transition).
     store
         .record_transition(MAC_A, None, NodeState::Failed, Some("disk"), 7)
         .unwrap();
-    let retry = Op::Transition {
+    let retry = |state, at_millis, forward_only| Op::Transition {
         mac: MAC_A.to_string(),
         hostname: None,
-        state: NodeState::Discovered,
+        state,
         detail: None,
-        at_millis: 8,
-        forward_only: true,
+        at_millis,
+        forward_only,
     };
-    assert!(store.apply(&[retry]).unwrap()[0].is_ok());
+    assert!(
+        store
+            .apply(&[retry(NodeState::Discovered, 8, true)])
+            .unwrap()[0]
+            .is_ok()
+    );
     let node = store.get_node(MAC_A).unwrap().unwrap();
-    assert_eq!((node.state, node.history.len()), (NodeState::Discovered, 3));
+    assert_eq!((node.state, node.history.len()), (NodeState::Failed, 2));
+    assert!(store.apply(&[retry(NodeState::Planned, 9, false)]).unwrap()[0].is_ok());
+    let node = store.get_node(MAC_A).unwrap().unwrap();
+    assert_eq!((node.state, node.history.len()), (NodeState::Planned, 3));
     let del = store.apply(&[Op::DeleteLease(MAC_A.into())]).unwrap();
     assert!(del[0].is_ok());
     assert_eq!(store.leases().unwrap(), vec![]);

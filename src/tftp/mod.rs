@@ -10,6 +10,7 @@ mod mmsg;
 pub mod options;
 pub mod packet;
 pub mod path;
+pub mod queue;
 mod server;
 pub mod source;
 pub mod transfer;

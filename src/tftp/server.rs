@@ -1,9 +1,9 @@
 //! The TFTP sockets. The listening socket only takes requests; each accepted read runs as
 //! its own task on its own socket (bound to the server's address, an ephemeral port, and
-//! connected to the client, so the kernel drops datagrams from anyone else). A semaphore
-//! caps concurrent transfers: a request beyond the cap gets a "busy" error at once instead
-//! of slowing every transfer under way. Each window is one sendmmsg; its bytes come from
-//! a read-ahead buffer refilled with one pread per 128 KiB.
+//! connected to the client, so the kernel drops datagrams from anyone else). A cap on
+//! concurrent transfers keeps each one fast; a request beyond it waits for a slot in a
+//! bounded FIFO (see `queue`), and only beyond that gets a "busy" error. Each window is one
+//! sendmmsg; its bytes come from a read-ahead buffer refilled with one pread per 128 KiB.
 //!
 //! The pread runs inline on the runtime: boot files sit in the page cache, where the read
 //! takes microseconds, less than a hop to the blocking pool would.
@@ -18,13 +18,14 @@ use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
 use super::mmsg;
 use super::options::{self, Negotiated};
 use super::packet::{self, ErrorCode, Mode, Packet, Request};
 use super::path;
+use super::queue::{Admit, Slots};
 use super::source::{ReadAhead, Source};
 use super::transfer::{Step, Transfer, wire_block};
 use crate::app::App;
@@ -48,8 +49,14 @@ pub struct Stats {
     pub size_probes: AtomicU64,
     /// Requests answered with an error: missing file, refused path, write request, mode.
     pub refused: AtomicU64,
-    /// Requests turned away because the transfer cap was reached.
+    /// Requests turned away because every slot was taken and the waiting room full.
     pub busy: AtomicU64,
+    /// Requests that waited for a free slot (see `queue`).
+    pub waited: AtomicU64,
+    /// Waits that ran out before a slot freed (the client's retransmission queues again).
+    pub wait_expired: AtomicU64,
+    /// Repeats of a request that was still waiting, dropped.
+    pub duplicates: AtomicU64,
     /// DATA payload bytes sent, retransmissions included.
     pub bytes_sent: AtomicU64,
     /// Datagrams that were not what the protocol expects there; counted and dropped.
@@ -66,6 +73,9 @@ pub struct Config {
     /// Search roots in order (see [`path::roots`]).
     pub roots: Vec<PathBuf>,
     pub max_transfers: usize,
+    /// Requests that may wait for a slot, and how long each may wait.
+    pub queue: usize,
+    pub queue_wait: Duration,
 }
 
 /// Binds the listening socket.
@@ -93,7 +103,7 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> io::Result<()> {
     let local = sock.local_addr()?.ip();
-    let slots = Arc::new(Semaphore::new(config.max_transfers.max(1)));
+    let slots = Slots::new(config.max_transfers, config.queue, config.queue_wait);
     let shared = Arc::new(Shared {
         app,
         config,
@@ -124,21 +134,34 @@ pub async fn serve(
                 // Every request starts a transfer, as in tftpd-hpa: a client that repeats
                 // its request locks onto the first answer and ends the other with error 5,
                 // while a client that ends one transfer and asks again at once (OVMF after
-                // its size probe) must never be mistaken for a repeat.
+                // its size probe) must never be mistaken for a repeat. Only a repeat of a
+                // request still waiting for a slot is dropped: nothing has answered it yet.
                 bump(&stats.requests);
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    bump(&stats.busy);
-                    tracing::info!(%peer, file = %req.display_name(), "TFTP busy: transfer cap reached");
-                    send_error(
-                        &sock,
-                        Some(peer),
-                        ErrorCode::NotDefined,
-                        "server busy, try again",
-                    )
-                    .await;
-                    continue;
-                };
-                tasks.spawn(transfer(shared.clone(), req, peer, permit));
+                match slots.admit(peer) {
+                    Admit::Now(permit) => {
+                        tasks.spawn(transfer(shared.clone(), req, peer, permit));
+                    }
+                    Admit::Wait => {
+                        bump(&stats.waited);
+                        tracing::debug!(%peer, file = %req.display_name(), "TFTP request waits for a slot");
+                        tasks.spawn(wait_then_transfer(shared.clone(), slots.clone(), req, peer));
+                    }
+                    Admit::Duplicate => {
+                        bump(&stats.duplicates);
+                        tracing::debug!(%peer, "TFTP repeat of a waiting request dropped");
+                    }
+                    Admit::Busy => {
+                        bump(&stats.busy);
+                        tracing::info!(%peer, file = %req.display_name(), "TFTP busy: every slot taken and the queue full");
+                        send_error(
+                            &sock,
+                            Some(peer),
+                            ErrorCode::NotDefined,
+                            "server busy, try again",
+                        )
+                        .await;
+                    }
+                }
             }
             Ok(Packet::Wrq(req)) => {
                 bump(&stats.refused);
@@ -175,6 +198,28 @@ fn kind(p: &Packet<'_>) -> &'static str {
         Packet::Ack(_) => "ACK",
         Packet::Error { .. } => "ERROR",
         Packet::Oack(_) => "OACK",
+    }
+}
+
+/// A queued request: its transfer once a slot frees; nothing (no answer) when the wait
+/// runs out or the server stops.
+async fn wait_then_transfer(
+    shared: Arc<Shared>,
+    slots: Arc<Slots>,
+    req: Request,
+    peer: SocketAddr,
+) {
+    let stop = shared.shutdown.clone().wait();
+    let permit = tokio::select! {
+        _ = stop => return,
+        p = slots.wait(peer) => p,
+    };
+    match permit {
+        Some(permit) => transfer(shared, req, peer, permit).await,
+        None => {
+            bump(&shared.stats.wait_expired);
+            tracing::debug!(%peer, file = %req.display_name(), "TFTP wait for a slot ran out");
+        }
     }
 }
 
@@ -243,7 +288,11 @@ async fn transfer(
             return;
         }
     };
-    let limits = options::Limits::from_mtu(shared.app.plan().network.mtu);
+    // The description's MTU, or the link's when that is smaller: a block must never
+    // need IP fragmentation, which PXE stacks often do not reassemble.
+    let plan_mtu = shared.app.plan().network.mtu;
+    let mtu = link_mtu(&sock).map_or(plan_mtu, |link| link.min(plan_mtu));
+    let limits = options::Limits::from_mtu(mtu);
     let neg = options::negotiate(&req.options, source.size(), limits);
     bump(&stats.started);
     tracing::debug!(%peer, file = %name, size = source.size(), blksize = neg.blksize, windowsize = neg.windowsize, "TFTP transfer started");
@@ -311,6 +360,32 @@ fn transfer_socket(local: IpAddr, peer: SocketAddr) -> io::Result<UdpSocket> {
     // Room for a whole window in the send queue.
     let _ = socket2::SockRef::from(&s).set_send_buffer_size(options::MAX_WINDOW_BYTES * 2);
     UdpSocket::from_std(s)
+}
+
+/// The kernel's path MTU for a connected socket: its route's link MTU, or less once a
+/// "fragmentation needed" came back. `None` when unknown or beyond 16 bits (loopback).
+fn link_mtu(sock: &UdpSocket) -> Option<u16> {
+    let (level, name) = match sock.peer_addr().ok()? {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MTU),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_MTU),
+    };
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the fd is open for the socket's lifetime; `mtu` and `len` are valid for
+    // writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&raw mut mtu).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    u16::try_from(mtu).ok()
 }
 
 /// Runs the state machine against the socket until the transfer ends.
