@@ -22,7 +22,8 @@ fn registry_and_api_over_https_with_the_cluster_ca() {
         "  address: 10.20.0.2\n",
         "  address: 10.20.0.2\n  ports:\n    https: 8443\n",
     ) + "registry:\n  tls: true\n";
-    let env = Env::start_yaml("regtls", &yaml, &[]);
+    // Offline: the image is pushed under docker.io's name and must not be looked up there.
+    let env = Env::start_yaml("regtls", &yaml, &["--registry-offline"]);
     let slipway = env.slipway.as_ref().unwrap();
     assert!(
         slipway
@@ -177,20 +178,30 @@ fn registry_and_api_over_https_with_the_cluster_ca() {
     );
     let sock = env.containerd(work.path());
     let certs_s = certs.to_string_lossy().into_owned();
-    env.run(
-        "ctr",
-        &[
-            "-a",
-            &sock,
-            "images",
-            "pull",
-            "--snapshotter",
-            "native",
-            "--hosts-dir",
-            &certs_s,
-            "docker.io/library/busybox:1.36",
-        ],
+    let pull = [
+        "-a",
+        &sock,
+        "images",
+        "pull",
+        "--snapshotter",
+        "native",
+        "--hosts-dir",
+        &certs_s,
+        "docker.io/library/busybox:1.36",
+    ];
+    // containerd does verify: with another CA (the etcd CA) in place, the pull fails.
+    std::fs::copy(
+        env.dir().join("state/pki/etcd/ca.crt"),
+        certs.join("docker.io/ca.crt"),
+    )
+    .unwrap();
+    let refused = env.cmd("ctr", &pull).output().unwrap();
+    assert!(
+        !refused.status.success(),
+        "ctr pulled through a certificate it should not trust"
     );
+    std::fs::copy(&ca, certs.join("docker.io/ca.crt")).unwrap();
+    env.run("ctr", &pull);
     let listed = env.run("ctr", &["-a", &sock, "images", "ls", "-q"]);
     assert!(
         listed.contains("docker.io/library/busybox:1.36"),
