@@ -2,8 +2,9 @@
 //! HTTPS with Slipway's certificate, checked by real clients that trust only the cluster
 //! CA: curl --cacert (by address and by the names in the certificate), skopeo with
 //! certs.d-style --dest-cert-dir/--src-cert-dir, and containerd's ctr with the hosts.toml
-//! and ca.crt Slipway renders for a node. Plain HTTP to the TLS port gets a 400, and a
-//! client that never finishes its handshake does not hold up the others.
+//! and ca.crt Slipway renders for a node. Plain HTTP to the TLS port gets a 400, a client
+//! that never finishes its handshake does not hold up the others, and a certificate
+//! re-issued on reload is served without a restart.
 
 mod common;
 mod registry_support;
@@ -23,7 +24,7 @@ fn registry_and_api_over_https_with_the_cluster_ca() {
         "  address: 10.20.0.2\n  ports:\n    https: 8443\n",
     ) + "registry:\n  tls: true\n";
     // Offline: the image is pushed under docker.io's name and must not be looked up there.
-    let env = Env::start_yaml("regtls", &yaml, &["--registry-offline"]);
+    let mut env = Env::start_yaml("regtls", &yaml, &["--registry-offline"]);
     let slipway = env.slipway.as_ref().unwrap();
     assert!(
         slipway
@@ -219,6 +220,28 @@ fn registry_and_api_over_https_with_the_cluster_ca() {
     assert_eq!(code, 200);
     let (code, body) = env.curl(&["--max-time", "20", "http://10.20.0.2:8443/healthz"]);
     assert_eq!(code, 400, "{body}");
+
+    // A reload that renames the bootstrapper re-issues the certificate, and the new name
+    // is served at once, without a restart.
+    let gateway = |env: &Env| {
+        env.curl(&[
+            "--cacert",
+            &ca_s,
+            "--resolve",
+            "gateway.lab.test:5000:10.20.0.2",
+            "-H",
+            &auth,
+            "https://gateway.lab.test:5000/v2/",
+        ])
+        .0
+    };
+    assert_eq!(gateway(&env), 0, "a name the certificate does not have yet");
+    let renamed = yaml.replace(
+        "  address: 10.20.0.2\n",
+        "  address: 10.20.0.2\n  hostname: gateway\n",
+    );
+    env.slipway.as_mut().unwrap().reload(&renamed);
+    assert_eq!(gateway(&env), 200);
 
     let _ = silent.kill();
     let _ = silent.wait();

@@ -4,8 +4,8 @@
 //!
 //! Handshakes run in their own tasks, so a slow, silent or non-TLS client never holds up
 //! `accept`; one that sends plain HTTP gets a 400 that says so instead of a reset. The
-//! certificate is looked up per handshake, so one re-issued by a reload or
-//! `slipway pki renew` + SIGHUP is served without a restart.
+//! certificate is looked up per handshake, so one the PKI re-issues on a reload (new
+//! names, or expiring) is served without a restart.
 
 use std::fmt;
 use std::io;
