@@ -250,23 +250,6 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
             shutdown.clone().wait(),
         )))
     };
-    store.append_event(
-        "serve.started",
-        None,
-        &format!("serving {nodes} nodes, HTTP on {http_addr}"),
-    )?;
-    tracing::info!(%http_addr, nodes, state_dir = %opts.state_dir.display(), "slipway serving");
-
-    crate::status::metrics::init();
-    let feed = tokio::spawn(crate::status::feed::follow(
-        app.clone(),
-        shutdown.clone().wait(),
-    ));
-    let http = tokio::spawn(crate::http::serve(
-        listener,
-        app.clone(),
-        shutdown.clone().wait(),
-    ));
     let https = match app.plan().bootstrapper.https_port {
         None => None,
         Some(port) => {
@@ -288,6 +271,23 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
             )))
         }
     };
+    store.append_event(
+        "serve.started",
+        None,
+        &format!("serving {nodes} nodes, HTTP on {http_addr}"),
+    )?;
+    tracing::info!(%http_addr, nodes, state_dir = %opts.state_dir.display(), "slipway serving");
+
+    crate::status::metrics::init();
+    let feed = tokio::spawn(crate::status::feed::follow(
+        app.clone(),
+        shutdown.clone().wait(),
+    ));
+    let http = tokio::spawn(crate::http::serve(
+        listener,
+        app.clone(),
+        shutdown.clone().wait(),
+    ));
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;

@@ -34,6 +34,7 @@ fn registry_and_api_over_https_with_the_cluster_ca() {
         "{:?}",
         slipway.seen
     );
+    assert!(slipway.seen.iter().any(|l| l.contains("HTTPS serving")));
     let work = tempfile::tempdir().unwrap();
     let ca = env.dir().join("state/pki/ca.crt");
     let ca_s = ca.to_string_lossy().into_owned();
@@ -243,6 +244,15 @@ fn registry_and_api_over_https_with_the_cluster_ca() {
     env.slipway.as_mut().unwrap().reload(&renamed);
     assert_eq!(gateway(&env), 200);
 
+    // SIGTERM stops it cleanly although the silent client is still connected.
+    let slipway = env.slipway.as_mut().unwrap();
+    slipway.signal(libc::SIGTERM);
+    slipway.wait_log("slipway stopped");
+    assert!(
+        !slipway.seen.iter().any(|l| l.contains("still open after")),
+        "{:?}",
+        slipway.seen
+    );
     let _ = silent.kill();
     let _ = silent.wait();
 }
