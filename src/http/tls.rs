@@ -239,14 +239,79 @@ mod tests {
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
     }
 
-    #[test]
-    fn pki_material_loads_and_garbage_is_refused() {
+    fn example_pki(dir: &std::path::Path) -> crate::pki::Pki {
         let desc = crate::desc::load(std::path::Path::new("cluster-desc.example.yaml")).unwrap();
         let plan = crate::plan::Plan::from_desc(&desc);
+        crate::pki::Pki::load_or_init(dir, &plan, crate::pki::KeyAlgorithm::EcdsaP256).unwrap()
+    }
+
+    /// The listener behind a real server: a client trusting the cluster CA gets its reply
+    /// although a silent client connected first; plain HTTP gets the 400.
+    #[tokio::test]
+    async fn serves_tls_past_a_silent_client_and_answers_plain_http() {
         let dir = tempfile::tempdir().unwrap();
-        let pki =
-            crate::pki::Pki::load_or_init(dir.path(), &plan, crate::pki::KeyAlgorithm::EcdsaP256)
-                .unwrap();
+        let pki = example_pki(dir.path());
+        let (cert, key) = pki.slipway_tls();
+        let p = provider();
+        let mut config = ServerConfig::builder_with_provider(p.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+        tokio::spawn(super::super::serve_router(
+            listener,
+            Some(Arc::new(config)),
+            router,
+            std::future::pending(),
+        ));
+
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(pki.ca_cert_pem().as_bytes()).unwrap())
+            .unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(p)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = rustls::pki_types::ServerName::try_from("slipway").unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: slipway\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        tls.read_to_end(&mut reply).await.unwrap();
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(reply.ends_with("hello"), "{reply}");
+
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        plain
+            .write_all(b"GET / HTTP/1.1\r\nHost: slipway\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        plain.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, PLAIN_HTTP_REPLY);
+    }
+
+    #[test]
+    fn pki_material_loads_and_garbage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = example_pki(dir.path());
         let (cert, key) = pki.slipway_tls();
         let p = provider();
         assert!(certified_key(cert, key, &p).is_ok());
