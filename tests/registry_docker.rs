@@ -2,7 +2,7 @@
 //! own: Docker schema 2 manifests and manifest lists pushed by tag and read back by tag and
 //! by digest (Content-Type, Docker-Content-Digest, the exact bytes), monolithic
 //! `POST ?digest=` uploads, catalog pagination following the Link header, and eight
-//! clients uploading the same blob at once.
+//! clients uploading the same blob at once (monolithic, then chunked).
 
 mod common;
 mod registry_support;
@@ -287,4 +287,53 @@ fn docker_manifests_monolithic_uploads_catalog_pages_and_concurrent_uploads() {
         ],
     );
     assert_eq!(sha(&std::fs::read(&out).unwrap()), blob_digest[7..]);
+
+    // The same with chunked uploads (POST, PATCH, PUT ?digest=) finishing together.
+    let blob = noise(3_000_000, 98);
+    let blob_digest = format!("sha256:{}", sha(&blob));
+    std::fs::write(&blob_file, &blob).unwrap();
+    let before = blob_files(&env.storage());
+    let ns = env.host.ns.clone();
+    let curl = |args: &[&str]| -> String {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "curl", "-s", "-i", "-H", &api.auth])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    std::thread::scope(|s| {
+        let uploads: Vec<_> = (0..8)
+            .map(|i| {
+                let (curl, blob_file, blob_digest) = (&curl, &blob_file, &blob_digest);
+                s.spawn(move || {
+                    let start = curl(&[
+                        "-X",
+                        "POST",
+                        &format!("http://{REG}/v2/chunked/r{i}/blobs/uploads/"),
+                    ]);
+                    let location = header(&start, "location").expect("upload location");
+                    let patch = curl(&[
+                        "-X",
+                        "PATCH",
+                        "--data-binary",
+                        &format!("@{}", blob_file.display()),
+                        &format!("http://{REG}{location}"),
+                    ]);
+                    let location = header(&patch, "location").expect("upload location");
+                    curl(&[
+                        "-X",
+                        "PUT",
+                        &format!("http://{REG}{location}?digest={blob_digest}"),
+                    ])
+                })
+            })
+            .collect();
+        for u in uploads {
+            let resp = u.join().unwrap();
+            assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+        }
+    });
+    assert_eq!(blob_files(&env.storage()), before + 1, "one stored file");
+    assert_eq!(uploads_left(&env.storage()), 0, "no temporary file left");
 }
