@@ -170,10 +170,23 @@ impl App {
         if ob.interface != nb.interface || ob.address != nb.address {
             needs_restart.push("bootstrapper.interface/address");
         }
-        if (ob.http_port, ob.registry_port, ob.dns_port, ob.tftp_port)
-            != (nb.http_port, nb.registry_port, nb.dns_port, nb.tftp_port)
-        {
+        if (
+            ob.http_port,
+            ob.registry_port,
+            ob.dns_port,
+            ob.tftp_port,
+            ob.https_port,
+        ) != (
+            nb.http_port,
+            nb.registry_port,
+            nb.dns_port,
+            nb.tftp_port,
+            nb.https_port,
+        ) {
             needs_restart.push("bootstrapper.ports");
+        }
+        if ob.registry_tls != nb.registry_tls {
+            needs_restart.push("registry.tls");
         }
         // Certificates follow the plan (a new control-plane node needs its etcd certificates
         // and a SAN on the apiserver's); CAs never change.

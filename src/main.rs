@@ -78,6 +78,10 @@ enum Command {
         /// Registry listen address; default: the bootstrapper address and registry port.
         #[arg(long)]
         registry_listen: Option<SocketAddr>,
+        /// HTTPS listen address when bootstrapper.ports.https is set; default: the
+        /// bootstrapper address and that port.
+        #[arg(long)]
+        https_listen: Option<SocketAddr>,
         /// Serve only the images already stored; never fetch from upstream registries.
         #[arg(long)]
         registry_offline: bool,
@@ -302,6 +306,7 @@ fn main() -> ExitCode {
             tftp_queue,
             tftp_queue_wait_ms,
             registry_listen,
+            https_listen,
             registry_offline,
             registry_max_upload,
             images_dir,
@@ -331,6 +336,7 @@ fn main() -> ExitCode {
                 tftp_queue,
                 tftp_queue_wait: std::time::Duration::from_millis(tftp_queue_wait_ms),
                 registry_listen,
+                https_listen,
                 registry: slipway::registry::Options {
                     offline: registry_offline,
                     max_upload: registry_max_upload,

@@ -67,6 +67,12 @@ pub struct BootstrapperPlan {
     pub http_base: String,
     /// Registry address nodes' containerd mirrors point at.
     pub registry_host: String,
+    /// The registry speaks HTTPS with Slipway's certificate (`registry.tls`).
+    pub registry_tls: bool,
+    /// `http://` or `https://` and `registry_host`: the mirror entry in nodes' hosts.toml.
+    pub registry_url: String,
+    /// The status page and API over HTTPS too, on this port (`bootstrapper.ports.https`).
+    pub https_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -316,6 +322,14 @@ impl Plan {
                 dns_port: *b.ports.dns,
                 tftp_port: *b.ports.tftp,
                 registry_host: format!("{}:{}", *b.address, *b.ports.registry),
+                registry_tls: *d.registry.tls,
+                registry_url: format!(
+                    "{}://{}:{}",
+                    if *d.registry.tls { "https" } else { "http" },
+                    *b.address,
+                    *b.ports.registry
+                ),
+                https_port: b.ports.https.as_ref().map(|p| **p),
                 http_base: http_base.clone(),
             },
             network: NetworkPlan {

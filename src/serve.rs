@@ -30,6 +30,8 @@ pub struct ServeOptions {
     pub tftp_queue_wait: Duration,
     /// Overrides the registry listen address (default: bootstrapper address, registry port).
     pub registry_listen: Option<SocketAddr>,
+    /// Overrides the HTTPS listen address (used only when `bootstrapper.ports.https` is set).
+    pub https_listen: Option<SocketAddr>,
     pub registry: crate::registry::Options,
     /// Boot assets: `ipxe/` (first-stage binaries), OS kernels and images.
     pub images_dir: PathBuf,
@@ -234,15 +236,45 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
             .await
             .with_context(|| format!("binding the registry on {addr}"))?;
         let registry_addr = listener.local_addr()?;
-        tracing::info!(%registry_addr, offline = opts.registry.offline, "registry serving");
+        let tls = if plan.bootstrapper.registry_tls {
+            Some(
+                crate::http::tls::server_config(&app)
+                    .context("registry.tls: loading Slipway's serving certificate")?,
+            )
+        } else {
+            None
+        };
+        tracing::info!(%registry_addr, offline = opts.registry.offline, tls = tls.is_some(), "registry serving");
         let registry = Arc::new(registry);
         let _ = app.registry.set(registry.clone());
         Some(tokio::spawn(crate::registry::serve(
             listener,
+            tls,
             app.clone(),
             registry,
             shutdown.clone().wait(),
         )))
+    };
+    let https = match app.plan().bootstrapper.https_port {
+        None => None,
+        Some(port) => {
+            let addr = opts
+                .https_listen
+                .unwrap_or_else(|| SocketAddr::new(address.into(), port));
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding HTTPS on {addr}"))?;
+            let https_addr = listener.local_addr()?;
+            let tls = crate::http::tls::server_config(&app)
+                .context("bootstrapper.ports.https: loading Slipway's serving certificate")?;
+            tracing::info!(%https_addr, "HTTPS serving");
+            Some(tokio::spawn(crate::http::serve_router(
+                listener,
+                Some(tls),
+                crate::http::router(app.clone()),
+                shutdown.clone().wait(),
+            )))
+        }
     };
     store.append_event(
         "serve.started",
@@ -277,6 +309,12 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
     match tokio::time::timeout(Duration::from_secs(10), http).await {
         Ok(joined) => joined??,
         Err(_) => tracing::warn!("HTTP connections still open after 10 s; closing them"),
+    }
+    if let Some(https) = https {
+        match tokio::time::timeout(Duration::from_secs(10), https).await {
+            Ok(joined) => joined??,
+            Err(_) => tracing::warn!("HTTPS connections still open after 10 s; closing them"),
+        }
     }
     if let Some(registry) = registry {
         match tokio::time::timeout(Duration::from_secs(10), registry).await {

@@ -6,7 +6,6 @@ mod common;
 mod registry_support;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use registry_support::*;
 
@@ -79,39 +78,17 @@ fn pull_through_containerd_singleflight_and_offline() {
     );
     assert!(list.contains("docker.io/library/warm"), "{list}");
 
-    // containerd with hosts.toml as Slipway renders them.
+    // containerd with the hosts.toml files Slipway renders for a node (its installed
+    // system's Ignition): a template that no longer works with containerd fails here.
     let certs = work.path().join("certs.d");
+    let rendered = env.rendered_certs_d("worker-1", &certs);
     for ns in ["docker.io", "registry.k8s.io"] {
-        std::fs::create_dir_all(certs.join(ns)).unwrap();
-        std::fs::write(
-            certs.join(ns).join("hosts.toml"),
-            format!("server = \"http://{up}\"\n\n[host.\"http://{REG}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n"),
-        )
-        .unwrap();
+        let file = format!("{ns}/hosts.toml");
+        assert!(rendered.contains(&file), "{rendered:?}");
+        let text = std::fs::read_to_string(certs.join(&file)).unwrap();
+        assert!(text.contains(&format!("[host.\"http://{REG}\"]")), "{text}");
     }
-    let sock = work.path().join("containerd.sock");
-    let cfg = work.path().join("containerd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{}\"\n",
-            work.path().join("ctr-root").display(),
-            work.path().join("ctr-state").display(),
-            sock.display()
-        ),
-    )
-    .unwrap();
-    env.host.spawn(
-        env.cmd("containerd", &["--config", &cfg.to_string_lossy()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "containerd did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let sock_s = sock.to_string_lossy().into_owned();
+    let sock_s = env.containerd(work.path());
     let hosts = certs.to_string_lossy().into_owned();
     for image in [
         "docker.io/library/busybox:1.36",

@@ -158,6 +158,7 @@ fn bootstrapper(s: &mut Section, cx: &mut Cx) -> Option<Bootstrapper> {
                 registry: p.or(cx, "registry", 5000),
                 dns: p.or(cx, "dns", 53),
                 tftp: p.or(cx, "tftp", 69),
+                https: p.opt(cx, "https"),
             })
         })?;
         Some(Bootstrapper {
@@ -448,8 +449,13 @@ fn registry(s: &mut Section, cx: &mut Cx) -> Registry {
         ),
     }
     let storage = s.opt(cx, "storage");
+    let tls = s.or(cx, "tls", false);
     s.finish(cx);
-    Registry { upstreams, storage }
+    Registry {
+        upstreams,
+        storage,
+        tls,
+    }
 }
 
 fn upstream(item: &Node, i: usize, cx: &mut Cx) -> Option<Upstream> {

@@ -91,6 +91,8 @@ pub struct Ports {
     pub registry: At<u16>,
     pub dns: At<u16>,
     pub tftp: At<u16>,
+    /// The status page and API also over HTTPS (Slipway's certificate) on this port.
+    pub https: Option<At<u16>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -203,6 +205,8 @@ pub struct Registry {
     pub upstreams: Vec<Upstream>,
     /// Blob storage directory; defaults to `<state-dir>/registry`.
     pub storage: Option<At<PathBuf>>,
+    /// Serve the registry over HTTPS with Slipway's certificate (nodes trust the cluster CA).
+    pub tls: At<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]

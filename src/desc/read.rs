@@ -70,6 +70,19 @@ macro_rules! int_from_yaml {
 }
 int_from_yaml!(u16, u32);
 
+impl FromYaml for bool {
+    fn from_yaml(node: &Node, cx: &Cx) -> Result<Self, String> {
+        match &node.value {
+            Value::Bool(b) => Ok(*b),
+            Value::Str(_) | Value::Int(_) | Value::Float(_) => Err(format!(
+                "expected true or false, found `{}`",
+                scalar_text(node, cx).unwrap_or_default()
+            )),
+            other => Err(format!("expected true or false, found {}", other.kind())),
+        }
+    }
+}
+
 /// Parses a scalar's text with `FromStr`, wording the error as "invalid <what> `text`".
 fn parse_scalar<T: std::str::FromStr>(node: &Node, cx: &Cx, what: &str) -> Result<T, String> {
     let text = scalar_text(node, cx)

@@ -289,12 +289,15 @@ fn misc(d: &ClusterDesc, diags: &mut Diagnostics) {
         );
     }
     let p = &d.bootstrapper.ports;
-    let ports = [
+    let mut ports = vec![
         (&p.http, "http"),
         (&p.registry, "registry"),
         (&p.dns, "dns"),
         (&p.tftp, "tftp"),
     ];
+    if let Some(https) = &p.https {
+        ports.push((https, "https"));
+    }
     for (i, (a, an)) in ports.iter().enumerate() {
         if a.value == 0 {
             diags.error(a.pos, format!("port {an} must not be 0"));

@@ -6,6 +6,7 @@ pub mod access;
 pub mod api;
 pub mod boot;
 pub mod files;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -115,13 +116,33 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Handlers see the peer address: boot scripts go only to the machine itself.
-    axum::serve(
-        nodelay(listener),
-        router(app).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    serve_router(listener, None, router(app), shutdown).await
+}
+
+/// Serves `router` on `listener`, over TLS when `tls` is given, until `shutdown`. Handlers
+/// see the peer address (boot scripts go only to the machine itself; pulls by subnet).
+pub async fn serve_router(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        None => {
+            axum::serve(nodelay(listener), service)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(config) => {
+            // A no-op tap: axum provides `ConnectInfo<SocketAddr>` for any tapped listener.
+            let listener = tls::TlsListener::new(listener, config)?.tap_io(|_| {});
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 /// Healthy when the store answers; the plan generation helps spot a reload that did not apply.

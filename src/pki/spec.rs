@@ -157,13 +157,15 @@ fn etcd_sans(hostname: &str, ip: Ipv4Addr) -> BTreeSet<San> {
 }
 
 /// Slipway's own serving certificate (HTTPS and the registry mirror): nodes reach it by
-/// address before DNS works, and by name after.
+/// address before DNS works (their hosts.toml names the address), and by name after,
+/// including the `registry.<domain>` name DNS serves.
 pub fn slipway_sans(plan: &Plan) -> BTreeSet<San> {
     let b = &plan.bootstrapper;
     [
         San::Ip(b.address.into()),
         San::dns(&b.hostname),
         San::dns(&b.fqdn),
+        San::dns(&format!("registry.{}", plan.cluster.domain)),
     ]
     .into_iter()
     .collect()

@@ -38,7 +38,7 @@ mod writer;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -285,9 +285,10 @@ pub fn router(app: Arc<App>, registry: Arc<Registry>) -> Router {
         .with_state(Ctx { app, registry })
 }
 
-/// Serves the registry on `listener` until `shutdown` resolves.
+/// Serves the registry on `listener` (HTTPS when `tls` is given) until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     app: Arc<App>,
     registry: Arc<Registry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -302,12 +303,7 @@ pub async fn serve(
             }
         })
     };
-    let result = axum::serve(
-        crate::http::nodelay(listener),
-        router(app, registry).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let result = crate::http::serve_router(listener, tls, router(app, registry), shutdown).await;
     sweeper.abort();
     warm.abort();
     result

@@ -196,6 +196,7 @@ async fn pull_through_with_token_redirect_and_singleflight() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(
         listener,
+        None,
         app.clone(),
         registry.clone(),
         std::future::pending(),
@@ -301,7 +302,7 @@ async fn pull_through_with_token_redirect_and_singleflight() {
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let off = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, app, offline, std::future::pending()));
+    tokio::spawn(serve(listener, None, app, offline, std::future::pending()));
     let (status, _) = get(
         &client,
         format!("http://{off}/v2/library/app/manifests/1?ns=docker.io"),

@@ -245,6 +245,17 @@ pub fn installed_system(
             0o644,
             r.render(NODE_HOSTS_TOML, &c)?,
         );
+        // hosts.toml names it relative to its own directory, so each certs.d entry is
+        // self-contained (containerd resolves `ca` against the host directory).
+        if plan.bootstrapper.registry_tls
+            && let Some(ca) = secrets.pki_files.iter().find(|f| f.path == "ca.crt")
+        {
+            b.file(
+                &format!("/etc/containerd/certs.d/{}/ca.crt", up.name),
+                0o644,
+                ca.contents.clone(),
+            );
+        }
     }
     b.file(
         "/etc/modules-load.d/k8s.conf",

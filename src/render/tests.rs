@@ -226,3 +226,62 @@ fn overrides_replace_a_builtin_and_broken_ones_fail_early() {
         .expect("a broken template is refused");
     assert!(err.to_string().contains("ipxe/hold.ipxe"), "{err}");
 }
+
+/// Each upstream's hosts.toml and what sits beside it, for `plan`'s first worker.
+fn certs_d(plan: &Plan) -> Vec<(String, String, Option<String>, String)> {
+    let worker = plan
+        .nodes
+        .iter()
+        .find(|n| n.role == crate::desc::Role::Worker)
+        .unwrap();
+    let secrets = secrets_for(plan, worker);
+    let ca = secrets
+        .pki_files
+        .iter()
+        .find(|f| f.path == "ca.crt")
+        .unwrap()
+        .contents
+        .clone();
+    let r = Renderer::new(None).unwrap();
+    let sys = bundle::installed_system(&r, plan, worker, &secrets, "http://x/report").unwrap();
+    let ign = ignition::to_ignition(&sys);
+    plan.registry
+        .upstreams
+        .iter()
+        .map(|up| {
+            let dir = format!("/etc/containerd/certs.d/{}", up.name);
+            let hosts = file_text(file(&ign, &format!("{dir}/hosts.toml")).unwrap());
+            let beside = file(&ign, &format!("{dir}/ca.crt")).map(file_text);
+            (up.name.clone(), hosts, beside, ca.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn registry_tls_points_nodes_at_https_and_the_cluster_ca() {
+    let plain = plan();
+    assert!(!plain.bootstrapper.registry_tls);
+    for (name, hosts, beside, _) in certs_d(&plain) {
+        assert!(
+            hosts.contains("[host.\"http://10.20.0.2:5000\"]"),
+            "{name}: {hosts}"
+        );
+        assert!(hosts.contains("skip_verify = true"), "{name}: {hosts}");
+        assert!(beside.is_none(), "{name}: no CA file without TLS");
+    }
+    let text =
+        include_str!("../../cluster-desc.example.yaml").replace("  tls: false\n", "  tls: true\n");
+    let tls = Plan::from_desc(&crate::desc::parse_str("cluster-desc.yaml", &text).unwrap());
+    assert!(tls.bootstrapper.registry_tls);
+    assert_eq!(tls.bootstrapper.registry_url, "https://10.20.0.2:5000");
+    for (name, hosts, beside, ca) in certs_d(&tls) {
+        assert!(
+            hosts.contains("[host.\"https://10.20.0.2:5000\"]"),
+            "{name}: {hosts}"
+        );
+        assert!(hosts.contains("\n  ca = \"ca.crt\""), "{name}: {hosts}");
+        assert!(!hosts.contains("skip_verify"), "{name}: {hosts}");
+        assert_eq!(beside.as_deref(), Some(ca.as_str()), "{name}");
+        assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+}

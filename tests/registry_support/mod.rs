@@ -129,12 +129,17 @@ impl Env {
     /// Slipway in a namespace at 10.20.0.2 (registry on :5000); `registry_yaml` is appended
     /// to the description.
     pub fn start(tag: &str, registry_yaml: &str, args: &[&str]) -> Env {
+        let yaml = format!("{}{registry_yaml}", TestDesc::default().yaml());
+        Env::start_yaml(tag, &yaml, args)
+    }
+
+    /// Slipway in a namespace at 10.20.0.2 with the whole description `yaml`.
+    pub fn start_yaml(tag: &str, yaml: &str, args: &[&str]) -> Env {
         let lan = Lan::new(tag);
         let host = lan.host("boot", Some("10.20.0.2/24"), None);
-        let yaml = format!("{}{registry_yaml}", TestDesc::default().yaml());
         let mut all = vec!["--disable", "dhcp", "--disable", "dns"];
         all.extend_from_slice(args);
-        let slipway = Slipway::start(&host, &yaml, &all);
+        let slipway = Slipway::start(&host, yaml, &all);
         assert!(slipway.seen.iter().any(|l| l.contains("registry serving")));
         let token = std::fs::read_to_string(slipway.dir.path().join("state/admin.token"))
             .unwrap()
@@ -155,6 +160,69 @@ impl Env {
 
     pub fn storage(&self) -> PathBuf {
         self.dir().join("state/registry")
+    }
+
+    /// The files under /etc/containerd/certs.d/ that Slipway renders for `node` (its
+    /// installed system's Ignition, secrets shown, from this serve's own state directory),
+    /// written below `dest` as a containerd hosts directory. Returns their relative paths.
+    pub fn rendered_certs_d(&self, node: &str, dest: &Path) -> Vec<String> {
+        use base64::Engine as _;
+        let config = self.slipway.as_ref().unwrap().config.clone();
+        let out = self.host.run(
+            std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+                .args(["render", "-c"])
+                .arg(&config)
+                .arg("--state-dir")
+                .arg(self.dir().join("state"))
+                .args(["--node", node, "--what", "node-ignition", "--show-secrets"]),
+        );
+        let ign: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut written = Vec::new();
+        for f in ign["storage"]["files"].as_array().unwrap() {
+            let path = f["path"].as_str().unwrap();
+            let Some(rel) = path.strip_prefix("/etc/containerd/certs.d/") else {
+                continue;
+            };
+            let src = f["contents"]["source"].as_str().unwrap();
+            let b64 = src.strip_prefix("data:;base64,").expect("inline file");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
+            let target = dest.join(rel);
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::write(&target, bytes).unwrap();
+            written.push(rel.to_string());
+        }
+        assert!(!written.is_empty(), "no certs.d files rendered for {node}");
+        written
+    }
+
+    /// Starts containerd (no CRI) in the namespace with its state under `dir`; returns
+    /// its socket.
+    pub fn containerd(&self, dir: &Path) -> String {
+        let sock = dir.join("containerd.sock");
+        let cfg = dir.join("containerd.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{}\"\n",
+                dir.join("ctr-root").display(),
+                dir.join("ctr-state").display(),
+                sock.display()
+            ),
+        )
+        .unwrap();
+        self.host.spawn(
+            self.cmd("containerd", &["--config", &cfg.to_string_lossy()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sock.to_string_lossy().into_owned()
     }
 
     pub fn cmd(&self, prog: &str, args: &[&str]) -> Command {

@@ -210,10 +210,15 @@ fn apiserver_sans_cover_services_nodes_and_endpoint() {
 
     let slipway = inspect(&read(dir.path(), "slipway.crt")).unwrap();
     let got: BTreeSet<String> = slipway.sans.iter().map(San::to_string).collect();
-    let want: BTreeSet<String> = ["10.20.0.2", "slipway", "slipway.rack1.example.internal"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let want: BTreeSet<String> = [
+        "10.20.0.2",
+        "slipway",
+        "slipway.rack1.example.internal",
+        "registry.rack1.example.internal",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
     assert_eq!(got, want);
 }
 
