@@ -34,6 +34,8 @@ enum Output {
     Json,
 }
 
+// Parsed once per process: boxing `serve`'s many flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Check a cluster description; prints every error with file:line:col and exits 1 on any.
