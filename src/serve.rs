@@ -34,8 +34,9 @@ pub struct ServeOptions {
     pub disable: Vec<Service>,
     /// Operator overrides of the built-in templates (same relative names as `templates/`).
     pub templates_dir: Option<PathBuf>,
-    /// Key algorithm for newly issued certificates (existing CAs keep theirs).
-    pub key_algorithm: crate::pki::KeyAlgorithm,
+    /// An explicit key algorithm for leaf certificates (`None`: the PKI's own; see
+    /// [`crate::pki::KeyAlgorithm`]).
+    pub key_algorithm: Option<crate::pki::KeyAlgorithm>,
     /// A node without progress for this long is shown as stuck.
     pub stuck_after: Option<Duration>,
 }
