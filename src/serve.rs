@@ -257,6 +257,11 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         app.clone(),
         shutdown.clone().wait(),
     ));
+    // Rotates the bootstrap token and keeps it registered in the cluster.
+    let token_keeper = tokio::spawn(crate::pki::cluster::keep_token_registered(
+        app.clone(),
+        shutdown.clone(),
+    ));
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -298,6 +303,9 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         tracing::info!(?stats, "DHCP stopped");
     }
     let _ = feed.await;
+    // It may be waiting on an API server; nothing it does needs finishing.
+    token_keeper.abort();
+    let _ = token_keeper.await;
     let _ = store.append_event("serve.stopped", None, "clean shutdown");
     tracing::info!("slipway stopped");
     Ok(())

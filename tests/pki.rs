@@ -422,3 +422,175 @@ fn rsa_pki_is_kept_by_render_serve_and_renew_without_the_flag() {
     let store = slipway::store::open(&state).unwrap();
     assert_eq!(issued_events(&store), events + renewed.lines().count());
 }
+
+/// A real TLS server (openssl s_server) on loopback standing where the API server would:
+/// it presents `cert`, requires a client certificate from `client_ca`, prints what the
+/// client sends, sends what is written to its stdin, and exits after one connection.
+/// Returns the process and its port once it listens.
+fn tls_server(cert: &Path, key: &Path, client_ca: &Path) -> (std::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("openssl")
+        .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-cert"])
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .arg("-CAfile")
+        .arg(client_ca)
+        .args(["-Verify", "1", "-verify_return_error", "-naccept", "1"])
+        // -quiet: what the client sends goes to stdout as it is.
+        .args(["-ign_eof", "-quiet"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server starts");
+    // Ready once the port is listening (a probe connection would use up its one accept).
+    let listening = format!("0100007F:{port:04X} 00000000:0000 0A");
+    while !std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .contains(&listening)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child, port)
+}
+
+/// Slipway creates its bootstrap token's Secret through the API server (so nodes installed
+/// after kubeadm init's token expired can still join): mutual TLS with the cluster CA and
+/// the admin certificate, the API server verified by the endpoint name, a POST of the
+/// bootstrap-token Secret. A server whose certificate is not from the cluster CA is refused.
+#[test]
+fn bootstrap_token_is_posted_to_the_api_server_over_mutual_tls() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    stdout(&slipway(&["pki", "renew"], &state));
+    let plan = slipway::plan::Plan::from_desc(
+        &slipway::desc::load(&example()).unwrap_or_else(|e| panic!("{e}")),
+    );
+    let pki = slipway::pki::Pki::load_read_only(&state, &plan).unwrap();
+    let token = pki.bootstrap_token().clone();
+    let admin = pki.admin_client();
+    let p = state.join("pki");
+    let register = {
+        let (admin, token) = (admin.clone(), token.clone());
+        let (fqdn, cluster) = (
+            plan.cluster.endpoint.fqdn.clone(),
+            plan.cluster.name.clone(),
+        );
+        move |port: u16| {
+            let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(slipway::pki::cluster::register_token(
+                    &admin, addr, &fqdn, &token, &cluster,
+                ))
+        }
+    };
+
+    let (mut server, port) = tls_server(
+        &p.join("apiserver.crt"),
+        &p.join("apiserver.key"),
+        &p.join("ca.crt"),
+    );
+    let client = {
+        let register = register.clone();
+        std::thread::spawn(move || register(port))
+    };
+    // Read the request (headers, then Content-Length bytes of body), then answer it.
+    let mut out = server.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let body_at = loop {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "no request: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .expect("Content-Length")
+                .trim()
+                .parse()
+                .unwrap();
+            if seen.len() >= end + 4 + len {
+                break end + 4;
+            }
+        }
+    };
+    use std::io::Write;
+    let mut stdin = server.stdin.take().unwrap();
+    stdin
+        .write_all(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        .unwrap();
+    stdin.flush().unwrap();
+    let created = client.join().unwrap();
+    drop(stdin);
+    let _ = server.kill();
+    let _ = server.wait();
+    let head = String::from_utf8_lossy(&seen[..body_at]).to_string();
+    assert!(matches!(created, Ok(true)), "{created:?}\n{head}");
+    assert!(
+        head.starts_with("POST /api/v1/namespaces/kube-system/secrets HTTP/1.1\r\n"),
+        "{head}"
+    );
+    let secret: serde_json::Value = serde_json::from_slice(&seen[body_at..]).unwrap();
+    assert_eq!(
+        secret,
+        slipway::pki::cluster::token_secret(&token, &plan.cluster.name)
+    );
+    assert_eq!(secret["stringData"]["token-id"], token.id());
+
+    // A server the cluster CA did not certify is not talked to.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-subj", "/CN=kube-apiserver", "-days", "1"])
+        .args(["-addext", "subjectAltName=DNS:api.rack1.example.internal"])
+        .arg("-keyout")
+        .arg(other.join("k.pem"))
+        .arg("-out")
+        .arg(other.join("c.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (mut server, port) = tls_server(
+        &other.join("c.pem"),
+        &other.join("k.pem"),
+        &p.join("ca.crt"),
+    );
+    let refused = register(port);
+    let _ = server.kill();
+    let _ = server.wait();
+    let msg = format!("{refused:?}");
+    assert!(
+        matches!(
+            refused,
+            Err(slipway::pki::cluster::ClusterError::Connect { .. })
+        ) && msg.contains("TLS"),
+        "{msg}"
+    );
+}

@@ -15,6 +15,7 @@
 //! ([`record_issued`]).
 
 pub mod cli;
+pub mod cluster;
 pub mod files;
 mod inspect;
 mod issue;
@@ -297,6 +298,23 @@ impl Pki {
         self.token = token;
         issued.extend(token_issued);
         Ok(issued)
+    }
+
+    /// Replaces the bootstrap token if little of it is left; returns what was issued.
+    pub fn refresh_token(&mut self) -> Result<Vec<Issued>, PkiError> {
+        let (token, issued) = load::ensure_token(&self.dir, Some(&self.token))?;
+        self.token = token;
+        Ok(issued.into_iter().collect())
+    }
+
+    /// The admin user's client credentials and the CA, for talking to the API server.
+    pub fn admin_client(&self) -> cluster::AdminClient {
+        let admin = &self.leaves["admin"];
+        cluster::AdminClient {
+            ca_pem: self.ca_cert_pem().to_string(),
+            cert_pem: admin.cert_pem.clone(),
+            key_pem: admin.key_pem.clone(),
+        }
     }
 
     /// Leaves a read-only load found stale (name, why); `serve` re-issues them.
