@@ -290,4 +290,56 @@ mod tests {
         assert_eq!(d["auth-extra-groups"], TOKEN_GROUP);
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
     }
+
+    /// The keeper's two decisions: a token close to expiry is replaced (and recorded), and
+    /// the API server is only contacted once a control-plane node (not a worker) joined.
+    #[test]
+    fn keeper_rotates_due_tokens_and_waits_for_a_joined_control_plane() {
+        use crate::status::NodeState;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster-desc.example.yaml");
+        let plan = crate::plan::Plan::from_desc(
+            &crate::desc::load(&cfg).unwrap_or_else(|e| panic!("{e}")),
+        );
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(crate::store::open(&dir.path().join("state")).unwrap());
+        let mut pki = super::super::Pki::load_or_init(dir.path(), &plan, None).unwrap();
+        let old = pki.token.clone();
+        // Ten minutes left: a node starting its join now might not finish in time.
+        pki.token.expires_at = crate::store::now_secs() + 600;
+        let worker = plan.node_by_name("worker-1").unwrap().mac.to_string();
+        let cp = plan.node_by_name("cp-2").unwrap().mac.to_string();
+        let options = crate::app::AppOptions {
+            pki: Some(pki),
+            ..Default::default()
+        };
+        let app = crate::app::App::new(cfg, plan, store.clone(), options).unwrap();
+
+        let (admin, token) = rotate(&app).unwrap();
+        assert_ne!(token.id(), old.id(), "a due token is replaced");
+        assert!(admin.cert_pem.contains("BEGIN CERTIFICATE"));
+        let events = store.recent_events(10).unwrap();
+        assert!(
+            events.iter().any(|e| e.kind == "secret.issued"
+                && e.message.contains(&format!("token id {}", token.id()))),
+            "{events:?}"
+        );
+        let (_, again) = rotate(&app).unwrap();
+        assert_eq!(again.id(), token.id(), "a fresh token is kept");
+
+        assert!(!cluster_up(&app));
+        store
+            .record_transition(&worker, None, NodeState::Joined, None, 1)
+            .unwrap();
+        assert!(!cluster_up(&app), "a worker is no API server");
+        store
+            .record_transition(&cp, None, NodeState::Installed, None, 2)
+            .unwrap();
+        assert!(!cluster_up(&app));
+        store
+            .record_transition(&cp, None, NodeState::Joined, None, 3)
+            .unwrap();
+        assert!(cluster_up(&app));
+    }
 }
