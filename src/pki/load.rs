@@ -145,6 +145,11 @@ pub(super) fn open(
         pending: Vec::new(),
     };
     issued.extend(leaves(&mut pki, plan, mode)?);
+    let now = u64::try_from(now_secs()).unwrap_or(0);
+    if mode == Mode::ReadOnly && !pki.token.is_fresh(now) {
+        pki.pending
+            .push(("bootstrap-token".into(), Reason::Expiring));
+    }
     pki.issued = issued;
     Ok(pki)
 }
