@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fills images/ (see images/README.md) on a machine with internet access, for the versions
 # in a cluster description: every image of its `images:` list as an OCI archive under oci/
-# (for `slipway images import`), the OS boot files, kubeadm/kubelet/kubectl (sha256-checked)
-# and the iPXE binaries. Copy the directory to an air-gapped bootstrapper afterwards.
+# (for `slipway images import`), the OS boot files, kubeadm/kubelet/kubectl and the CNI
+# plugins (sha256-checked) and the iPXE binaries. Copy the directory to an air-gapped bootstrapper afterwards.
 #
 #   scripts/fetch-images.sh [-c cluster-desc.yaml] [-o images] [--arch amd64] [--dry-run]
 #
@@ -66,6 +66,7 @@ profile=$(field 'p["os"]["profile"]')
 version=$(field 'p["os"]["version"]')
 channel=$(field 'p["os"].get("channel") or "stable"')
 k8s=$(field 'p["cluster"]["kubernetes_version"].lstrip("v")')
+cni=$(field 'p["assets"]["cni_plugins_version"].lstrip("v")')
 mapfile -t images < <(field '"\n".join(p["images"])')
 
 [ "$dry" = 1 ] || mkdir -p "$out/oci"
@@ -115,6 +116,11 @@ for b in kubeadm kubelet kubectl; do
   fetch_checked "https://dl.k8s.io/release/v$k8s/bin/linux/$arch/$b" "$out/kubernetes/v$k8s/$arch/$b"
 done
 [ "$dry" = 1 ] || chmod 0755 "$out/kubernetes/v$k8s/$arch/"kube*
+
+# CNI reference plugins (bridge, host-local, portmap, loopback) for flannel, checked against
+# the .sha256 published with the release.
+fetch_checked "https://github.com/containernetworking/plugins/releases/download/v$cni/cni-plugins-linux-$arch-v$cni.tgz" \
+  "$out/cni/v$cni/cni-plugins-linux-$arch-v$cni.tgz"
 
 # iPXE first-stage binaries (boot.ipxe.org publishes current builds, no checksums).
 fetch https://boot.ipxe.org/undionly.kpxe "$out/ipxe/undionly.kpxe"

@@ -99,9 +99,11 @@ enum Command {
         /// Directory of template overrides (same names as the built-in templates/).
         #[arg(long, env = "SLIPWAY_TEMPLATES")]
         templates: Option<PathBuf>,
-        /// Key algorithm of newly issued certificates; existing CAs keep theirs.
-        #[arg(long, value_enum, default_value_t = slipway::pki::KeyAlgorithm::EcdsaP256)]
-        key_algorithm: slipway::pki::KeyAlgorithm,
+        /// Key algorithm of leaf certificates, remembered in the state directory; leaves of
+        /// another algorithm are re-issued, CAs keep theirs. Default: the remembered one,
+        /// else the cluster CA's (ecdsa-p256 for a new cluster).
+        #[arg(long, value_enum)]
+        key_algorithm: Option<slipway::pki::KeyAlgorithm>,
         /// Mark a node stuck after this long without progress (90s, 30m, 2h, 1d).
         #[arg(long, value_parser = parse_duration)]
         stuck_after: Option<std::time::Duration>,
@@ -128,7 +130,7 @@ enum Command {
     Render {
         #[command(flatten)]
         config: slipway::desc::ConfigArg,
-        /// For the cluster PKI (created there if missing, as `serve` would).
+        /// For the cluster PKI: only read if it exists, created (as `serve` would) if not.
         #[arg(long, default_value = "/var/lib/slipway", env = "SLIPWAY_STATE_DIR")]
         state_dir: PathBuf,
         #[arg(long, env = "SLIPWAY_TEMPLATES")]
@@ -207,9 +209,9 @@ enum PkiCommand {
     Renew {
         #[command(flatten)]
         args: PkiArgs,
-        /// Algorithm of the new keys.
-        #[arg(long, value_enum, default_value_t = slipway::pki::KeyAlgorithm::EcdsaP256)]
-        key_algorithm: slipway::pki::KeyAlgorithm,
+        /// Algorithm of the new keys, remembered for later starts (default: the PKI's own).
+        #[arg(long, value_enum)]
+        key_algorithm: Option<slipway::pki::KeyAlgorithm>,
     },
 }
 

@@ -32,6 +32,10 @@ pub struct Plan {
     by_ip: HashMap<Ipv4Addr, usize>,
 }
 
+/// Kubernetes' Service DNS domain inside the cluster, kept apart from the node domain so
+/// CoreDNS never shadows the machines' own names.
+pub const SERVICE_DNS_DOMAIN: &str = "cluster.local";
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterPlan {
     pub name: String,
@@ -39,6 +43,10 @@ pub struct ClusterPlan {
     pub kubernetes_version: String,
     pub pod_cidr: Ipv4Net,
     pub service_cidr: Ipv4Net,
+    /// Kubernetes' Service DNS domain ([`SERVICE_DNS_DOMAIN`]): kubeadm's `dnsDomain`, the
+    /// kubelet's `clusterDomain` and the API server certificate's
+    /// `kubernetes.default.svc.<domain>` all read it here, so they cannot disagree.
+    pub service_dns_domain: String,
     pub dns_ip: Ipv4Addr,
     pub flannel_backend: FlannelBackend,
     pub endpoint: EndpointPlan,
@@ -133,6 +141,10 @@ pub struct AssetsPlan {
     pub kubernetes_bin: String,
     /// NVIDIA container toolkit tarball (its binaries at the top) for GPU nodes.
     pub nvidia_toolkit: String,
+    /// The CNI reference plugins release ([`CNI_PLUGINS_VERSION`]) every node unpacks into
+    /// /opt/cni/bin, and its tarball's URL.
+    pub cni_plugins_version: String,
+    pub cni_plugins: String,
     /// Ubuntu's live-server ISO, which the netbooted installer loads into RAM.
     pub ubuntu_iso: String,
     /// The profile's PXE kernel and initrd.
@@ -148,6 +160,11 @@ pub struct AddonsPlan {
     pub flannel_cni_plugin: String,
     pub nvidia_device_plugin: String,
 }
+
+/// containernetworking/plugins release: flannel's CNI configuration delegates to its
+/// `bridge`, `host-local`, `portmap` and `loopback` (the `flannel` binary itself comes with
+/// flannel's DaemonSet), and neither Flatcar nor Ubuntu's containerd ships them.
+pub const CNI_PLUGINS_VERSION: &str = "1.5.1";
 
 pub const DEFAULT_FLANNEL: &str = "ghcr.io/flannel-io/flannel:v0.26.1";
 pub const DEFAULT_FLANNEL_CNI: &str = "ghcr.io/flannel-io/flannel-cni-plugin:v1.5.1-flannel2";
@@ -303,6 +320,7 @@ impl Plan {
                     .to_string(),
                 pod_cidr: *d.cluster.pod_cidr,
                 service_cidr: *d.cluster.service_cidr,
+                service_dns_domain: SERVICE_DNS_DOMAIN.to_string(),
                 dns_ip: *d.cluster.dns_ip,
                 flannel_backend: *d.cluster.flannel_backend,
                 endpoint: EndpointPlan {
@@ -380,6 +398,11 @@ impl Plan {
                 ),
                 nvidia_toolkit: format!(
                     "{http_base}/assets/nvidia/nvidia-container-toolkit-amd64.tar.gz"
+                ),
+                cni_plugins_version: CNI_PLUGINS_VERSION.to_string(),
+                cni_plugins: format!(
+                    "{http_base}/assets/cni/v{v}/cni-plugins-linux-amd64-v{v}.tgz",
+                    v = CNI_PLUGINS_VERSION
                 ),
                 kernel: format!("{http_base}/{kernel}"),
                 initrd: format!("{http_base}/{initrd}"),

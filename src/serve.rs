@@ -39,8 +39,9 @@ pub struct ServeOptions {
     pub disable: Vec<Service>,
     /// Operator overrides of the built-in templates (same relative names as `templates/`).
     pub templates_dir: Option<PathBuf>,
-    /// Key algorithm for newly issued certificates (existing CAs keep theirs).
-    pub key_algorithm: crate::pki::KeyAlgorithm,
+    /// An explicit key algorithm for leaf certificates (`None`: the PKI's own; see
+    /// [`crate::pki::KeyAlgorithm`]).
+    pub key_algorithm: Option<crate::pki::KeyAlgorithm>,
     /// A node without progress for this long is shown as stuck.
     pub stuck_after: Option<Duration>,
 }
@@ -293,6 +294,11 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         app.clone(),
         shutdown.clone().wait(),
     ));
+    // Rotates the bootstrap token and keeps it registered in the cluster.
+    let token_keeper = tokio::spawn(crate::pki::cluster::keep_token_registered(
+        app.clone(),
+        shutdown.clone(),
+    ));
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -340,6 +346,9 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         tracing::info!(?stats, "DHCP stopped");
     }
     let _ = feed.await;
+    // It may be waiting on an API server; nothing it does needs finishing.
+    token_keeper.abort();
+    let _ = token_keeper.await;
     let _ = store.append_event("serve.stopped", None, "clean shutdown");
     tracing::info!("slipway stopped");
     Ok(())

@@ -447,6 +447,9 @@ fn fetch_images_script_dry_run() {
         "https://stable.release.flatcar-linux.net/amd64-usr/4081.2.0/flatcar_production_pxe.vmlinuz",
         "https://dl.k8s.io/release/v1.31.4/bin/linux/amd64/kubeadm",
         "kubeadm.sha256",
+        "https://github.com/containernetworking/plugins/releases/download/v1.5.1/cni-plugins-linux-amd64-v1.5.1.tgz",
+        // Served to nodes as /assets/cni/v1.5.1/... (the plan's assets.cni_plugins).
+        "/nonexistent-images/cni/v1.5.1/cni-plugins-linux-amd64-v1.5.1.tgz.sha256",
         "undionly.kpxe",
     ] {
         assert!(text.contains(want), "missing `{want}` in:\n{text}");

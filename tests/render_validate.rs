@@ -257,3 +257,33 @@ fn manifests_pass_kubernetes_validate() {
     );
     assert!(!ok, "kubernetes-validate accepted a broken manifest");
 }
+
+/// The bootstrap-token Secret Slipway creates through the API server is a valid Secret.
+#[test]
+fn bootstrap_token_secret_passes_kubernetes_validate() {
+    if !have("kubernetes-validate") {
+        return;
+    }
+    let t = slipway::pki::BootstrapToken {
+        token: "abcdef.0123456789abcdef".into(),
+        created_at: 1_800_000_000,
+        expires_at: 1_800_086_400,
+        ttl_secs: 86_400,
+    };
+    let secret = slipway::pki::cluster::token_secret(&t, "rack1");
+    let (ok, out) = validate(
+        &["kubernetes-validate", "--strict", "-k", "1.31.0"],
+        &serde_json::to_string_pretty(&secret).unwrap(),
+        ".yaml",
+    );
+    assert!(ok, "kubernetes-validate: {out}");
+    assert_eq!(out.matches("passed for resource").count(), 1, "{out}");
+    let mut broken = secret.clone();
+    broken["stringData"]["token-id"] = serde_json::json!(5);
+    let (ok, _) = validate(
+        &["kubernetes-validate", "--strict", "-k", "1.31.0"],
+        &broken.to_string(),
+        ".yaml",
+    );
+    assert!(!ok, "kubernetes-validate accepted a broken Secret");
+}

@@ -242,7 +242,7 @@ mod tests {
     fn example_pki(dir: &std::path::Path) -> crate::pki::Pki {
         let desc = crate::desc::load(std::path::Path::new("cluster-desc.example.yaml")).unwrap();
         let plan = crate::plan::Plan::from_desc(&desc);
-        crate::pki::Pki::load_or_init(dir, &plan, crate::pki::KeyAlgorithm::EcdsaP256).unwrap()
+        crate::pki::Pki::load_or_init(dir, &plan, None).unwrap()
     }
 
     /// The listener behind a real server: a client trusting the cluster CA gets its reply

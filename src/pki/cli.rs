@@ -13,10 +13,10 @@ pub fn show_table(plan: &Plan, state_dir: &Path) -> anyhow::Result<String> {
 }
 
 /// Re-issues every leaf certificate (generating whatever is missing, CAs included, on a
-/// fresh state directory), records a `secret.issued` event for each, and returns one line
-/// per issued secret. The store is opened first: while `slipway serve` holds it this fails
-/// before anything is written.
-pub fn renew(plan: &Plan, state_dir: &Path, alg: KeyAlgorithm) -> anyhow::Result<String> {
+/// fresh state directory) with `alg`, else the PKI's own algorithm, records a
+/// `secret.issued` event for each, and returns one line per issued secret. The store is
+/// opened first: while `slipway serve` holds it this fails before anything is written.
+pub fn renew(plan: &Plan, state_dir: &Path, alg: Option<KeyAlgorithm>) -> anyhow::Result<String> {
     let store = crate::store::open(state_dir)
         .with_context(|| format!("opening the state store in {}", state_dir.display()))?;
     let pki = Pki::load_and_renew(state_dir, plan, alg)?;

@@ -22,8 +22,10 @@ pub const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// yet synced at first boot) already accepts them, as kubeadm does.
 pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
 
-/// Algorithm of new keys. Leaves follow a change on their next load; CAs and the
-/// service-account key keep the algorithm they were created with.
+/// Algorithm of new keys. Chosen explicitly (`--key-algorithm`) it is persisted in
+/// `pki/key-algorithm` and leaves follow a change on their next load; otherwise the
+/// persisted choice, else the cluster CA's algorithm, applies. CAs and the service-account
+/// key keep the algorithm they were created with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyAlgorithm {
@@ -35,6 +37,27 @@ pub enum KeyAlgorithm {
 }
 
 impl KeyAlgorithm {
+    /// The name on the command line and in `pki/key-algorithm`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyAlgorithm::EcdsaP256 => "ecdsa-p256",
+            KeyAlgorithm::Rsa2048 => "rsa2048",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<KeyAlgorithm> {
+        [KeyAlgorithm::EcdsaP256, KeyAlgorithm::Rsa2048]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
+
+    /// The algorithm of an existing key (`None`: one Slipway does not issue, e.g. P-384).
+    pub fn of(key: &KeyPair) -> Option<KeyAlgorithm> {
+        [KeyAlgorithm::EcdsaP256, KeyAlgorithm::Rsa2048]
+            .into_iter()
+            .find(|a| key.algorithm() == a.signature_algorithm())
+    }
+
     pub fn signature_algorithm(self) -> &'static rcgen::SignatureAlgorithm {
         match self {
             KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,

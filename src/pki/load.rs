@@ -22,6 +22,20 @@ const SA_KEY: &str = "sa.key";
 const SA_PUB: &str = "sa.pub";
 const TOKEN_FILE: &str = "bootstrap-token.json";
 const ADMIN_CONF: &str = "admin.conf";
+/// The operator's key algorithm choice, so a later start without `--key-algorithm` keeps it.
+const ALG_FILE: &str = "key-algorithm";
+
+/// What [`open`] may do with what it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Generate what is missing, re-issue what is stale (`serve`).
+    Init,
+    /// Like `Init`, and re-issue every leaf (`pki renew`).
+    Renew,
+    /// Write nothing: missing material is an error, stale leaves are used as they are and
+    /// listed in [`Pki::pending`] (`render` next to a running `serve`).
+    ReadOnly,
+}
 
 fn now_secs() -> i64 {
     i64::try_from(crate::store::now_secs()).unwrap_or(i64::MAX)
@@ -56,25 +70,71 @@ fn write_pair(dir: &Path, stem: &str, key_pem: &str, cert_pem: &str) -> Result<(
     Ok(())
 }
 
+fn read_alg(dir: &Path) -> Result<Option<KeyAlgorithm>, PkiError> {
+    let Some(raw) = files::read_optional(&dir.join(ALG_FILE))? else {
+        return Ok(None);
+    };
+    KeyAlgorithm::parse(raw.trim()).map(Some).ok_or_else(|| {
+        PkiError::Invalid(format!(
+            "{}: unknown key algorithm {:?} (ecdsa-p256 or rsa2048)",
+            dir.join(ALG_FILE).display(),
+            raw.trim()
+        ))
+    })
+}
+
+/// Loads the PKI under `<state_dir>/pki`. `requested` is an explicit `--key-algorithm`:
+/// it is persisted and leaves of another algorithm are re-issued. Without it the persisted
+/// choice applies, else the cluster CA's own algorithm, and existing leaves are never
+/// re-issued for their algorithm alone.
 pub(super) fn open(
     state_dir: &Path,
     plan: &Plan,
-    alg: KeyAlgorithm,
-    renew: bool,
+    requested: Option<KeyAlgorithm>,
+    mode: Mode,
 ) -> Result<Pki, PkiError> {
     let dir = state_dir.join(PKI_DIR);
-    files::ensure_dir(&dir)?;
+    if mode == Mode::ReadOnly {
+        if !dir.is_dir() {
+            return Err(no_pki(&dir));
+        }
+    } else {
+        files::ensure_dir(&dir)?;
+    }
+    let chosen = requested.or(read_alg(&dir)?);
     let mut issued = Vec::new();
     let mut cas = BTreeMap::new();
     for kind in CaKind::ALL {
-        cas.insert(kind, load_ca(&dir, kind, alg, &mut issued)?);
+        let alg = chosen.unwrap_or_default();
+        cas.insert(kind, load_ca(&dir, kind, alg, mode, &mut issued)?);
     }
-    let (sa_key_pem, sa_pub_pem) = load_sa(&dir, alg, &mut issued)?;
-    let (token, token_issued) = ensure_token(&dir, read_token(&dir)?.as_ref())?;
-    issued.extend(token_issued);
+    let cluster_ca = &cas[&CaKind::Cluster].key;
+    let alg = chosen
+        .or_else(|| KeyAlgorithm::of(cluster_ca))
+        .unwrap_or_default();
+    let fresh = issued
+        .iter()
+        .any(|i| i.name == "ca" && i.reason == Reason::Missing);
+    if mode != Mode::ReadOnly && (requested.is_some() || fresh) && read_alg(&dir)? != Some(alg) {
+        files::write_atomic(
+            &dir.join(ALG_FILE),
+            format!("{}\n", alg.name()).as_bytes(),
+            PUBLIC_MODE,
+        )?;
+    }
+    let (sa_key_pem, sa_pub_pem) = load_sa(&dir, alg, mode, &mut issued)?;
+    let token = match mode {
+        Mode::ReadOnly => read_token(&dir)?.ok_or_else(|| no_pki(&dir))?,
+        _ => {
+            let (token, token_issued) = ensure_token(&dir, read_token(&dir)?.as_ref())?;
+            issued.extend(token_issued);
+            token
+        }
+    };
     let mut pki = Pki {
         dir,
         alg,
+        enforce_alg: chosen.is_some(),
         cas,
         sa_key_pem,
         sa_pub_pem,
@@ -82,21 +142,37 @@ pub(super) fn open(
         token,
         admin_conf: String::new(),
         issued: Vec::new(),
+        pending: Vec::new(),
     };
-    issued.extend(leaves(&mut pki, plan, renew)?);
+    issued.extend(leaves(&mut pki, plan, mode)?);
+    let now = u64::try_from(now_secs()).unwrap_or(0);
+    if mode == Mode::ReadOnly && !pki.token.is_fresh(now) {
+        pki.pending
+            .push(("bootstrap-token".into(), Reason::Expiring));
+    }
     pki.issued = issued;
     Ok(pki)
+}
+
+fn no_pki(dir: &Path) -> PkiError {
+    PkiError::Invalid(format!(
+        "no complete PKI in {} (`slipway serve` or `slipway pki renew` creates it)",
+        dir.display()
+    ))
 }
 
 fn load_ca(
     dir: &Path,
     kind: CaKind,
     alg: KeyAlgorithm,
+    mode: Mode,
     issued: &mut Vec<Issued>,
 ) -> Result<Ca, PkiError> {
     let cert_path = dir.join(format!("{}.crt", kind.stem()));
     let key_path = dir.join(format!("{}.key", kind.stem()));
-    if let Some(parent) = cert_path.parent() {
+    if let Some(parent) = cert_path.parent()
+        && mode != Mode::ReadOnly
+    {
         files::ensure_dir(parent)?;
     }
     let cert = files::read_optional(&cert_path)?;
@@ -114,6 +190,7 @@ fn load_ca(
                 dir: dir.to_path_buf(),
             });
         }
+        (None, _) if mode == Mode::ReadOnly => return Err(no_pki(dir)),
         (None, Some(key_pem)) => {
             let key = parse_key(&key_pem, &key_path)?;
             let cert_pem = self_signed_ca(kind, &key)?;
@@ -167,6 +244,7 @@ fn load_ca(
 fn load_sa(
     dir: &Path,
     alg: KeyAlgorithm,
+    mode: Mode,
     issued: &mut Vec<Issued>,
 ) -> Result<(String, String), PkiError> {
     let key_path = dir.join(SA_KEY);
@@ -186,6 +264,7 @@ fn load_sa(
                 dir: dir.to_path_buf(),
             });
         }
+        (None, None) if mode == Mode::ReadOnly => return Err(no_pki(dir)),
         (None, None) => {
             let key = alg.generate()?;
             let pem = key.serialize_pem();
@@ -208,7 +287,9 @@ fn load_sa(
             key: key_path,
         }),
         None => {
-            files::write_atomic(&pub_path, derived.as_bytes(), PUBLIC_MODE)?;
+            if mode != Mode::ReadOnly {
+                files::write_atomic(&pub_path, derived.as_bytes(), PUBLIC_MODE)?;
+            }
             Ok((key_pem, derived))
         }
     }
@@ -247,56 +328,71 @@ pub(super) fn leaf_verdict(
     }
 }
 
-/// Loads the existing leaf of `spec`, or says why it must be issued.
+/// The existing leaf of `spec` (if its files are readable) and why it must be (re)issued,
+/// if it must. `alg`: leaves of another key algorithm are stale (an explicit choice).
 fn check_leaf(
     dir: &Path,
     spec: &LeafSpec,
     ca: &CertInfo,
-    alg: KeyAlgorithm,
-) -> Result<Result<Leaf, Reason>, PkiError> {
+    alg: Option<KeyAlgorithm>,
+) -> Result<(Option<Leaf>, Option<Reason>), PkiError> {
     let base = dir.join(&spec.stem);
     let cert = files::read_optional(&base.with_extension("crt"))?;
     let key = files::read_optional(&base.with_extension("key"))?;
     let (Some(cert_pem), Some(key_pem)) = (cert, key) else {
-        return Ok(Err(Reason::Missing));
+        return Ok((None, Some(Reason::Missing)));
     };
     let Ok(info) = inspect(&cert_pem) else {
-        return Ok(Err(Reason::Unreadable));
+        return Ok((None, Some(Reason::Unreadable)));
     };
     let key = KeyPair::from_pem(&key_pem).ok();
     let key_matches = key
         .as_ref()
         .is_some_and(|k| k.subject_public_key_info() == info.spki_der);
-    // The operator switched the key algorithm: leaves follow (CAs never do).
-    if key_matches && key.is_some_and(|k| k.algorithm() != alg.signature_algorithm()) {
-        return Ok(Err(Reason::KeyAlgorithm));
-    }
-    Ok(
-        match leaf_verdict(spec, &info, key_matches, ca, now_secs()) {
-            Some(reason) => Err(reason),
-            None => Ok(Leaf {
-                spec: spec.clone(),
-                cert_pem,
-                key_pem,
-                info,
-            }),
-        },
-    )
+    let reason = match leaf_verdict(spec, &info, key_matches, ca, now_secs()) {
+        // The operator chose another key algorithm: leaves follow (CAs never do).
+        None if alg.is_some_and(|a| key.is_some_and(|k| KeyAlgorithm::of(&k) != Some(a))) => {
+            Some(Reason::KeyAlgorithm)
+        }
+        other => other,
+    };
+    let leaf = Leaf {
+        spec: spec.clone(),
+        cert_pem,
+        key_pem,
+        info,
+    };
+    Ok((Some(leaf), reason))
 }
 
-/// Loads or (re)issues every leaf the plan needs and rewrites admin.conf if it changed.
-pub(super) fn leaves(pki: &mut Pki, plan: &Plan, renew: bool) -> Result<Vec<Issued>, PkiError> {
+/// Loads or (re)issues every leaf the plan needs and rewrites admin.conf if it changed
+/// (read-only: uses what is on disk and lists what is stale in `pki.pending`).
+pub(super) fn leaves(pki: &mut Pki, plan: &Plan, mode: Mode) -> Result<Vec<Issued>, PkiError> {
     let mut issued = Vec::new();
+    let mut pending = Vec::new();
     let mut loaded = BTreeMap::new();
+    let enforced = pki.enforce_alg.then_some(pki.alg);
     for spec in leaf_specs(plan) {
         let ca = &pki.cas[&spec.issuer];
-        let existing = match check_leaf(&pki.dir, &spec, &ca.info, pki.alg)? {
-            Ok(_) if renew => Err(Reason::Renew),
+        let (existing, reason) = match check_leaf(&pki.dir, &spec, &ca.info, enforced)? {
+            (leaf, None) if mode == Mode::Renew => (leaf, Some(Reason::Renew)),
             other => other,
         };
-        let leaf = match existing {
-            Ok(leaf) => leaf,
-            Err(reason) => {
+        let leaf = match (existing, reason) {
+            (Some(leaf), None) => leaf,
+            (Some(leaf), Some(reason)) if mode == Mode::ReadOnly => {
+                pending.push((spec.stem.clone(), reason));
+                leaf
+            }
+            (None, _) if mode == Mode::ReadOnly => {
+                return Err(PkiError::Invalid(format!(
+                    "{} is missing or unreadable in {} (`slipway serve` issues it)",
+                    spec.stem,
+                    pki.dir.display()
+                )));
+            }
+            (_, reason) => {
+                let reason = reason.unwrap_or(Reason::Renew);
                 let key = pki.alg.generate()?;
                 let key_pem = key.serialize_pem();
                 let cert_pem = issue_leaf(&spec, &key, &ca.cert_pem, &ca.key)?;
@@ -314,6 +410,7 @@ pub(super) fn leaves(pki: &mut Pki, plan: &Plan, renew: bool) -> Result<Vec<Issu
         loaded.insert(leaf.spec.stem.clone(), leaf);
     }
     pki.leaves = loaded;
+    pki.pending = pending;
     let admin = &pki.leaves["admin"];
     let ep = &plan.cluster.endpoint;
     let conf = admin_kubeconfig(
@@ -325,7 +422,7 @@ pub(super) fn leaves(pki: &mut Pki, plan: &Plan, renew: bool) -> Result<Vec<Issu
         &admin.key_pem,
     );
     let path = pki.dir.join(ADMIN_CONF);
-    if files::read_optional(&path)?.as_deref() != Some(conf.as_str()) {
+    if mode != Mode::ReadOnly && files::read_optional(&path)?.as_deref() != Some(conf.as_str()) {
         files::write_atomic(&path, conf.as_bytes(), SECRET_MODE)?;
     }
     pki.admin_conf = conf;

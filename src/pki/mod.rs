@@ -7,13 +7,15 @@
 //! regenerated: every node and client trusts it, so a CA certificate whose key is missing or
 //! does not match is an error for the operator to resolve. Leaves are cheap and re-issued
 //! when missing, expiring within [`RENEW_BEFORE`], no longer matching the plan (SANs,
-//! subject), their key or the configured [`KeyAlgorithm`], or on [`Pki::renew`]. A CA key
+//! subject) or their key, when the operator explicitly chose another [`KeyAlgorithm`], or
+//! on [`Pki::renew`]. A CA key
 //! whose certificate file is gone gets a new self-signed certificate for the same key (same
 //! subject and key identifier, so everything it signed still verifies). Everything newly issued is listed in
 //! [`Issued`] entries; the caller records each as a `secret.issued` event
 //! ([`record_issued`]).
 
 pub mod cli;
+pub mod cluster;
 pub mod files;
 mod inspect;
 mod issue;
@@ -94,7 +96,7 @@ pub enum Reason {
     KeyMismatch,
     /// Not signed by the current CA (its authority key id differs).
     WrongIssuer,
-    /// The key is not of the configured [`KeyAlgorithm`].
+    /// The key is not of the [`KeyAlgorithm`] the operator chose.
     KeyAlgorithm,
     Unreadable,
     Renew,
@@ -231,7 +233,11 @@ impl CertSummary {
 /// The loaded PKI. Holds private keys: keep it in the process, never serialize it.
 pub struct Pki {
     dir: PathBuf,
+    /// Algorithm of new leaf keys.
     alg: KeyAlgorithm,
+    /// Whether `alg` was chosen (flag or persisted): only then are leaves of another
+    /// algorithm re-issued.
+    enforce_alg: bool,
     cas: BTreeMap<CaKind, Ca>,
     sa_key_pem: String,
     sa_pub_pem: String,
@@ -239,14 +245,21 @@ pub struct Pki {
     token: BootstrapToken,
     admin_conf: String,
     issued: Vec<Issued>,
+    /// Read-only loads: leaves that are stale on disk, with why.
+    pending: Vec<(String, Reason)>,
 }
 
 impl Pki {
     /// Loads the PKI under `<state_dir>/pki/`, generating whatever is missing and
-    /// re-issuing leaves that are stale for `plan`. New keys use `alg`; existing keys keep
-    /// their algorithm. See [`Pki::issued`] for what this call wrote.
-    pub fn load_or_init(state_dir: &Path, plan: &Plan, alg: KeyAlgorithm) -> Result<Pki, PkiError> {
-        load::open(state_dir, plan, alg, false)
+    /// re-issuing leaves that are stale for `plan`. `alg` is an explicit algorithm choice
+    /// (persisted; leaves of another algorithm are re-issued); `None` keeps the persisted
+    /// one, else the cluster CA's. See [`Pki::issued`] for what this call wrote.
+    pub fn load_or_init(
+        state_dir: &Path,
+        plan: &Plan,
+        alg: Option<KeyAlgorithm>,
+    ) -> Result<Pki, PkiError> {
+        load::open(state_dir, plan, alg, load::Mode::Init)
     }
 
     /// Like [`Pki::load_or_init`], but re-issues every leaf certificate (CAs, the
@@ -254,24 +267,59 @@ impl Pki {
     pub fn load_and_renew(
         state_dir: &Path,
         plan: &Plan,
-        alg: KeyAlgorithm,
+        alg: Option<KeyAlgorithm>,
     ) -> Result<Pki, PkiError> {
-        load::open(state_dir, plan, alg, true)
+        load::open(state_dir, plan, alg, load::Mode::Renew)
+    }
+
+    /// Loads an existing PKI without writing anything: missing material is an error,
+    /// leaves that `serve` would re-issue are used as they are and listed in
+    /// [`Pki::pending`]. For `slipway render`, which may run next to `serve`.
+    pub fn load_read_only(state_dir: &Path, plan: &Plan) -> Result<Pki, PkiError> {
+        load::open(state_dir, plan, None, load::Mode::ReadOnly)
+    }
+
+    /// Whether `<state_dir>/pki` holds any cluster CA material yet.
+    pub fn exists(state_dir: &Path) -> bool {
+        let dir = state_dir.join(PKI_DIR);
+        dir.join("ca.crt").exists() || dir.join("ca.key").exists()
     }
 
     /// Re-issues every leaf certificate of the loaded PKI; returns what was issued.
     pub fn renew(&mut self, plan: &Plan) -> Result<Vec<Issued>, PkiError> {
-        load::leaves(self, plan, true)
+        load::leaves(self, plan, load::Mode::Renew)
     }
 
     /// Brings leaves and the token up to date with a (reloaded) plan and the clock:
     /// re-issues what is missing, expiring or stale. Returns what was issued.
     pub fn refresh(&mut self, plan: &Plan) -> Result<Vec<Issued>, PkiError> {
-        let mut issued = load::leaves(self, plan, false)?;
+        let mut issued = load::leaves(self, plan, load::Mode::Init)?;
         let (token, token_issued) = load::ensure_token(&self.dir, Some(&self.token))?;
         self.token = token;
         issued.extend(token_issued);
         Ok(issued)
+    }
+
+    /// Replaces the bootstrap token if little of it is left; returns what was issued.
+    pub fn refresh_token(&mut self) -> Result<Vec<Issued>, PkiError> {
+        let (token, issued) = load::ensure_token(&self.dir, Some(&self.token))?;
+        self.token = token;
+        Ok(issued.into_iter().collect())
+    }
+
+    /// The admin user's client credentials and the CA, for talking to the API server.
+    pub fn admin_client(&self) -> cluster::AdminClient {
+        let admin = &self.leaves["admin"];
+        cluster::AdminClient {
+            ca_pem: self.ca_cert_pem().to_string(),
+            cert_pem: admin.cert_pem.clone(),
+            key_pem: admin.key_pem.clone(),
+        }
+    }
+
+    /// Leaves a read-only load found stale (name, why); `serve` re-issues them.
+    pub fn pending(&self) -> &[(String, Reason)] {
+        &self.pending
     }
 
     /// What the call that created this value generated or re-issued.

@@ -112,8 +112,11 @@ pub fn first_service_ip(plan: &Plan) -> Ipv4Addr {
     Ipv4Addr::from(net.wrapping_add(1))
 }
 
-/// The API server's SANs, as kubeadm builds them plus every control-plane node (one
-/// certificate serves all of them) and the endpoint name and VIP.
+/// The API server's SANs: what kubeadm's `GetAPIServerAltNames` requires of an existing
+/// certificate (node name, `kubernetes.default.svc.<dnsDomain>`, first service IP,
+/// advertise address, controlPlaneEndpoint host), for every control-plane node (one
+/// certificate serves all of them), plus the endpoint VIP and localhost. The rendered
+/// kubeadm config's `certSANs` is this same set.
 pub fn apiserver_sans(plan: &Plan) -> BTreeSet<San> {
     let mut sans: BTreeSet<San> = [
         "kubernetes",
@@ -126,7 +129,7 @@ pub fn apiserver_sans(plan: &Plan) -> BTreeSet<San> {
     .collect();
     sans.insert(San::dns(&format!(
         "kubernetes.default.svc.{}",
-        plan.cluster.domain
+        plan.cluster.service_dns_domain
     )));
     sans.insert(San::Ip(first_service_ip(plan).into()));
     sans.insert(San::Ip(Ipv4Addr::LOCALHOST.into()));

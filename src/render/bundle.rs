@@ -7,7 +7,7 @@ use serde::Serialize;
 use tera::Context;
 
 use super::{RenderError, Renderer};
-use crate::desc::{Gpu, Role};
+use crate::desc::Gpu;
 use crate::plan::{NodePlan, Plan};
 
 /// Per-node secrets the caller supplies from the PKI ([`crate::pki::Pki::node_files`] gives
@@ -92,10 +92,6 @@ impl Bundle {
     }
 }
 
-/// Kubernetes service DNS domain inside the cluster (kept apart from the node domain so
-/// CoreDNS never shadows the machines' own names).
-pub const SERVICE_DNS_DOMAIN: &str = "cluster.local";
-
 /// The context every node template sees: the base context plus secrets and derived values.
 fn node_context(plan: &Plan, node: &NodePlan, secrets: &NodeSecrets, report_url: &str) -> Context {
     let mut ctx = super::base_context(plan, node);
@@ -103,7 +99,7 @@ fn node_context(plan: &Plan, node: &NodePlan, secrets: &NodeSecrets, report_url:
     ctx.insert("report_url", report_url);
     ctx.insert("assets", &plan.assets);
     ctx.insert("addons", &plan.addons);
-    ctx.insert("service_dns_domain", SERVICE_DNS_DOMAIN);
+    ctx.insert("service_dns_domain", &plan.cluster.service_dns_domain);
     let minor: u32 = plan
         .cluster
         .kubernetes_version
@@ -150,19 +146,12 @@ fn node_context(plan: &Plan, node: &NodePlan, secrets: &NodeSecrets, report_url:
         })
         .collect();
     ctx.insert("taints", &taints);
-    let mut sans: Vec<String> = vec![plan.cluster.endpoint.fqdn.clone()];
-    sans.extend(
-        plan.cluster
-            .endpoint
-            .addresses
-            .iter()
-            .map(|a| a.to_string()),
-    );
-    for n in plan.nodes.iter().filter(|n| n.role == Role::ControlPlane) {
-        sans.push(n.hostname.clone());
-        sans.push(n.fqdn.clone());
-        sans.push(n.ip.to_string());
-    }
+    // kubeadm checks the pre-issued apiserver certificate against its own names plus
+    // certSANs: handing it exactly the certificate's SANs keeps the two from drifting.
+    let sans: Vec<String> = crate::pki::apiserver_sans(plan)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     ctx.insert("api_sans", &sans);
     ctx
 }
@@ -304,6 +293,12 @@ pub fn installed_system(
             "10-slipway.conf".into(),
             "[Service]\nEnvironment=CONTAINERD_CONFIG=/etc/containerd/config.toml\n".into(),
         )],
+    );
+    // Before the kubelet: pods on flannel need bridge, host-local, portmap and loopback.
+    b.unit(
+        "slipway-cni-plugins.service",
+        Some(r.render(NODE_CNI_PLUGINS, &ctx)?),
+        vec![],
     );
     b.unit(
         "kubelet.service",

@@ -43,6 +43,29 @@ fn redacted(secrets: NodeSecrets) -> NodeSecrets {
     }
 }
 
+/// The cluster PKI in the state directory. An existing one is only read (a running
+/// `serve` owns it; re-issuing here would change key material behind its back); stale
+/// leaves are shown as they are, with a warning. A missing one is created as `serve`
+/// would, its `secret.issued` events recorded in the store.
+fn load_pki(plan: &Plan, state_dir: &Path) -> Result<crate::pki::Pki> {
+    use crate::pki::Pki;
+    if Pki::exists(state_dir) {
+        let pki = Pki::load_read_only(state_dir, plan).context("reading the cluster PKI")?;
+        for (name, reason) in pki.pending() {
+            eprintln!(
+                "warning: {name} {} and is shown as it is on disk; `slipway serve` re-issues it",
+                reason.describe()
+            );
+        }
+        return Ok(pki);
+    }
+    let store = crate::store::open(state_dir)
+        .with_context(|| format!("opening the state store in {}", state_dir.display()))?;
+    let pki = Pki::load_or_init(state_dir, plan, None).context("creating the cluster PKI")?;
+    crate::pki::record_issued(&store, pki.issued()).context("recording secret.issued events")?;
+    Ok(pki)
+}
+
 pub fn render(
     plan: &Plan,
     state_dir: &Path,
@@ -77,10 +100,7 @@ pub fn render(
             .collect::<Vec<_>>()
             .join("\n---\n"));
     }
-    // Secrets come from the cluster PKI in the state directory (created there if missing,
-    // exactly as `serve` would).
-    let pki = crate::pki::Pki::load_or_init(state_dir, plan, crate::pki::KeyAlgorithm::EcdsaP256)
-        .context("loading the cluster PKI")?;
+    let pki = load_pki(plan, state_dir)?;
     let secrets = NodeSecrets::from_pki(&pki, node, REDACTED);
     let secrets = if show_secrets {
         secrets

@@ -34,6 +34,7 @@ pub const NODE_REPORT: &str = "node/report.sh";
 pub const NODE_SYSCTL: &str = "node/k8s-sysctl.conf";
 pub const NODE_TIMESYNCD: &str = "node/timesyncd.conf";
 pub const NODE_NVIDIA_TOOLKIT: &str = "node/nvidia-toolkit.service";
+pub const NODE_CNI_PLUGINS: &str = "node/cni-plugins.service";
 pub const MANIFEST_FLANNEL: &str = "manifests/flannel.yaml";
 pub const MANIFEST_RUNTIMECLASS: &str = "manifests/nvidia-runtimeclass.yaml";
 pub const MANIFEST_DEVICE_PLUGIN: &str = "manifests/nvidia-device-plugin.yaml";
@@ -97,6 +98,10 @@ const BUILTIN: &[(&str, &str)] = &[
     (
         NODE_NVIDIA_TOOLKIT,
         include_str!("../../templates/node/nvidia-toolkit.service"),
+    ),
+    (
+        NODE_CNI_PLUGINS,
+        include_str!("../../templates/node/cni-plugins.service"),
     ),
     (
         MANIFEST_FLANNEL,

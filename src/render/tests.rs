@@ -46,8 +46,7 @@ fn local_disk_script_sanboots_on_bios_and_exits_on_efi() {
 /// Secrets from a real PKI in a temporary state directory.
 fn secrets_for(plan: &Plan, node: &crate::plan::NodePlan) -> NodeSecrets {
     let dir = tempfile::tempdir().unwrap();
-    let pki = crate::pki::Pki::load_or_init(dir.path(), plan, crate::pki::KeyAlgorithm::EcdsaP256)
-        .unwrap();
+    let pki = crate::pki::Pki::load_or_init(dir.path(), plan, None).unwrap();
     NodeSecrets::from_pki(&pki, node, &"b".repeat(64))
 }
 
@@ -284,4 +283,63 @@ fn registry_tls_points_nodes_at_https_and_the_cluster_ca() {
         assert_eq!(beside.as_deref(), Some(ca.as_str()), "{name}");
         assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
     }
+}
+
+#[test]
+fn every_node_unpacks_the_cni_plugins_before_the_kubelet() {
+    let plan = plan();
+    let r = Renderer::new(None).unwrap();
+    assert!(
+        plan.assets
+            .cni_plugins
+            .ends_with("/assets/cni/v1.5.1/cni-plugins-linux-amd64-v1.5.1.tgz"),
+        "{}",
+        plan.assets.cni_plugins
+    );
+    for node in &plan.nodes {
+        let system =
+            bundle::installed_system(&r, &plan, node, &secrets_for(&plan, node), "").unwrap();
+        let names: Vec<&str> = system.units.iter().map(|u| u.name.as_str()).collect();
+        let at = |n: &str| names.iter().position(|u| *u == n).unwrap();
+        assert!(
+            at("slipway-cni-plugins.service") < at("kubelet.service"),
+            "{}: {names:?}",
+            node.hostname
+        );
+        let unit = system.units[at("slipway-cni-plugins.service")]
+            .contents
+            .clone()
+            .unwrap();
+        assert!(unit.contains(&plan.assets.cni_plugins), "{unit}");
+        assert!(unit.contains("-C \"$$t\""), "systemd-escaped shell: {unit}");
+        assert!(
+            unit.contains("Before=kubelet.service slipway-join.service"),
+            "{unit}"
+        );
+    }
+    // Ubuntu: cloud-init writes the unit and starts it before the join.
+    let text = include_str!("../../cluster-desc.example.yaml")
+        .replace("profile: flatcar", "profile: ubuntu")
+        .replace("version: \"4081.2.0\"", "version: \"24.04\"");
+    let ubuntu =
+        Plan::from_desc(&crate::desc::parse_str("c.yaml", &text).unwrap_or_else(|e| panic!("{e}")));
+    let node = &ubuntu.nodes[3];
+    let (cc, _) = r
+        .node_config(&ubuntu, node, &secrets_for(&ubuntu, node))
+        .unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(cc.trim_start_matches("#cloud-config\n")).unwrap();
+    let runcmd: Vec<String> = doc["autoinstall"]["user-data"]["runcmd"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let at = |unit: &str| {
+        runcmd
+            .iter()
+            .position(|c| c.contains("enable") && c.contains(unit))
+            .unwrap_or_else(|| panic!("{unit} not started: {runcmd:?}"))
+    };
+    assert!(at("slipway-cni-plugins.service") < at("slipway-join.service"));
 }

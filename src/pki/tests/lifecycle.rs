@@ -24,7 +24,7 @@ fn ca_cert_without_key_is_an_error_not_a_new_ca() {
     init(dir.path());
     let before = read(dir.path(), "etcd/ca.crt");
     std::fs::remove_file(pki_path(dir.path(), "etcd/ca.key")).unwrap();
-    let err = Pki::load_or_init(dir.path(), &plan(), KeyAlgorithm::EcdsaP256)
+    let err = Pki::load_or_init(dir.path(), &plan(), None)
         .err()
         .expect("missing CA key must fail");
     assert!(matches!(err, PkiError::KeyMissing { .. }), "{err}");
@@ -39,7 +39,7 @@ fn ca_key_that_does_not_match_is_an_error() {
     init(dir.path());
     let other = KeyAlgorithm::EcdsaP256.generate().unwrap().serialize_pem();
     std::fs::write(pki_path(dir.path(), "front-proxy-ca.key"), other).unwrap();
-    let err = Pki::load_or_init(dir.path(), &plan(), KeyAlgorithm::EcdsaP256)
+    let err = Pki::load_or_init(dir.path(), &plan(), None)
         .err()
         .expect("mismatched CA key must fail");
     assert!(matches!(err, PkiError::KeyMismatch { .. }), "{err}");
@@ -52,10 +52,10 @@ fn sa_pub_without_key_or_mismatched_is_an_error() {
     let sa_key = read(dir.path(), "sa.key");
     let other = KeyAlgorithm::EcdsaP256.generate().unwrap().public_key_pem();
     std::fs::write(pki_path(dir.path(), "sa.pub"), other).unwrap();
-    let err = Pki::load_or_init(dir.path(), &plan(), KeyAlgorithm::EcdsaP256).err();
+    let err = Pki::load_or_init(dir.path(), &plan(), None).err();
     assert!(matches!(err, Some(PkiError::KeyMismatch { .. })), "{err:?}");
     std::fs::remove_file(pki_path(dir.path(), "sa.key")).unwrap();
-    let err = Pki::load_or_init(dir.path(), &plan(), KeyAlgorithm::EcdsaP256).err();
+    let err = Pki::load_or_init(dir.path(), &plan(), None).err();
     assert!(matches!(err, Some(PkiError::KeyMissing { .. })), "{err:?}");
     // The key alone is enough: sa.pub is derived again.
     std::fs::write(pki_path(dir.path(), "sa.key"), &sa_key).unwrap();
@@ -110,7 +110,7 @@ fn renew_reissues_leaves_only() {
     assert!(reloaded.issued().is_empty());
     assert_eq!(fingerprints(&reloaded), after);
     // load_and_renew (the CLI) behaves the same.
-    let renewed = Pki::load_and_renew(dir.path(), &plan(), KeyAlgorithm::EcdsaP256).unwrap();
+    let renewed = Pki::load_and_renew(dir.path(), &plan(), None).unwrap();
     assert_eq!(renewed.issued().len(), 6 + 9);
     assert_eq!(renewed.ca_cert_hash(), pki.ca_cert_hash());
 }
@@ -254,4 +254,98 @@ fn issued_entries_become_secret_issued_events() {
             .starts_with("apiserver issued (was missing): sha256:")
     }));
     assert!(!events.iter().any(|e| e.message.contains("PRIVATE")));
+}
+
+/// Every file under the pki directory, by relative path.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, at: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(at).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                let rel = p.strip_prefix(base).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(&dir.join(PKI_DIR), &dir.join(PKI_DIR), &mut out);
+    out
+}
+
+#[test]
+fn key_algorithm_is_kept_unless_chosen_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let rsa = Pki::load_or_init(dir.path(), &plan(), Some(KeyAlgorithm::Rsa2048)).unwrap();
+    assert_eq!(read(dir.path(), "key-algorithm"), "rsa2048\n");
+    let before = snapshot(dir.path());
+    // A start without the flag (serve's default) keeps every byte.
+    let again = init(dir.path());
+    assert_eq!(again.issued(), &[] as &[Issued]);
+    assert_eq!(again.key_algorithm(), KeyAlgorithm::Rsa2048);
+    assert_eq!(snapshot(dir.path()), before);
+    // Renewing without the flag issues RSA leaves again.
+    let renewed = Pki::load_and_renew(dir.path(), &plan(), None).unwrap();
+    assert!(renewed.issued().iter().all(|i| i.reason == Reason::Renew));
+    assert!(read(dir.path(), "apiserver.key").len() > 1000, "still RSA");
+    assert_eq!(renewed.ca_cert_hash(), rsa.ca_cert_hash());
+
+    // An explicit switch is remembered: the next start without a flag keeps ECDSA.
+    let ec = Pki::load_or_init(dir.path(), &plan(), Some(KeyAlgorithm::EcdsaP256)).unwrap();
+    assert!(ec.issued().iter().all(|i| i.reason == Reason::KeyAlgorithm));
+    assert_eq!(read(dir.path(), "key-algorithm"), "ecdsa-p256\n");
+    let before = snapshot(dir.path());
+    assert!(init(dir.path()).issued().is_empty());
+    assert_eq!(snapshot(dir.path()), before);
+
+    // A PKI from before the choice was recorded (RSA CA, ECDSA leaves): without a flag
+    // nothing is re-issued for its algorithm alone.
+    std::fs::remove_file(pki_path(dir.path(), "key-algorithm")).unwrap();
+    let legacy = init(dir.path());
+    assert!(legacy.issued().is_empty(), "{:?}", legacy.issued());
+    assert_eq!(legacy.key_algorithm(), KeyAlgorithm::Rsa2048, "the CA's");
+    assert!(!pki_path(dir.path(), "key-algorithm").exists());
+    std::fs::write(pki_path(dir.path(), "key-algorithm"), "dsa\n").unwrap();
+    assert!(matches!(
+        Pki::load_or_init(dir.path(), &plan(), None),
+        Err(PkiError::Invalid(_))
+    ));
+}
+
+#[test]
+fn read_only_load_writes_nothing_and_lists_stale_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(!Pki::exists(dir.path()));
+    assert!(Pki::load_read_only(dir.path(), &plan()).is_err());
+    assert!(!pki_path(dir.path(), "").exists(), "nothing created");
+    let first = init(dir.path());
+    assert!(Pki::exists(dir.path()));
+    let before = snapshot(dir.path());
+    // The plan gains a control-plane node: serve would re-issue the apiserver certificate
+    // and issue cp-4's etcd certificates.
+    let mut p = plan();
+    let mut cp4 = p.nodes[0].clone();
+    cp4.hostname = "cp-4".into();
+    cp4.init = false;
+    p.nodes.push(cp4);
+    let err = Pki::load_read_only(dir.path(), &p)
+        .err()
+        .expect("cp-4 has no etcd certs");
+    assert!(err.to_string().contains("etcd/cp-4/server"), "{err}");
+    p.nodes.pop();
+    p.nodes[1].ip = Ipv4Addr::new(10, 20, 0, 99);
+    let ro = Pki::load_read_only(dir.path(), &p).unwrap();
+    let pending: BTreeSet<&str> = ro.pending().iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        pending,
+        BTreeSet::from(["apiserver", "etcd/cp-2/server", "etcd/cp-2/peer"])
+    );
+    assert!(ro.issued().is_empty());
+    assert_eq!(fingerprints(&ro), fingerprints(&first));
+    assert_eq!(
+        snapshot(dir.path()),
+        before,
+        "a read-only load writes nothing"
+    );
 }

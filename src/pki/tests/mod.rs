@@ -18,7 +18,7 @@ pub(super) fn plan() -> Plan {
 }
 
 pub(super) fn init(dir: &Path) -> Pki {
-    Pki::load_or_init(dir, &plan(), KeyAlgorithm::EcdsaP256).unwrap()
+    Pki::load_or_init(dir, &plan(), None).unwrap()
 }
 
 pub(super) fn pki_path(dir: &Path, rel: &str) -> PathBuf {
@@ -168,6 +168,46 @@ fn leaves_have_role_usages_key_ids_and_one_year() {
     }
 }
 
+/// Subjects as kubeadm v1.31 issues them (phases/certs/certlist.go), so a certificate
+/// kubeadm finds in place is the one it would have made.
+#[test]
+fn leaf_subjects_match_kubeadm() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
+    let admins = ["kubeadm:cluster-admins"];
+    let none: [&str; 0] = [];
+    let want: [(&str, &str, &[&str]); 8] = [
+        ("apiserver", "kube-apiserver", &none),
+        (
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            &admins,
+        ),
+        ("apiserver-etcd-client", "kube-apiserver-etcd-client", &none),
+        ("front-proxy-client", "front-proxy-client", &none),
+        ("admin", "kubernetes-admin", &admins),
+        ("etcd/cp-2/server", "cp-2", &none),
+        ("etcd/cp-2/peer", "cp-2", &none),
+        (
+            "etcd/cp-2/healthcheck-client",
+            "kube-etcd-healthcheck-client",
+            &none,
+        ),
+    ];
+    for (leaf, cn, orgs) in want {
+        let info = inspect(&read(dir.path(), &format!("{leaf}.crt"))).unwrap();
+        assert_eq!(info.common_name.as_deref(), Some(cn), "{leaf}");
+        assert_eq!(info.organizations, orgs, "{leaf}");
+    }
+    let peer = inspect(&read(dir.path(), "etcd/cp-2/peer.crt")).unwrap();
+    let got: BTreeSet<String> = peer.sans.iter().map(San::to_string).collect();
+    let want: BTreeSet<String> = ["cp-2", "localhost", "10.20.0.12", "127.0.0.1", "::1"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(got, want, "etcd peer: kubeadm's getAltNames");
+}
+
 #[test]
 fn apiserver_sans_cover_services_nodes_and_endpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -178,7 +218,9 @@ fn apiserver_sans_cover_services_nodes_and_endpoint() {
         "kubernetes",
         "kubernetes.default",
         "kubernetes.default.svc",
-        "kubernetes.default.svc.rack1.example.internal",
+        // kubeadm's dnsDomain, not the node domain: kubeadm refuses a pre-existing
+        // apiserver certificate without it ("certificate apiserver is invalid").
+        "kubernetes.default.svc.cluster.local",
         "localhost",
         "127.0.0.1",
         "10.96.0.1",
@@ -310,7 +352,7 @@ fn chains_verify_with_openssl() {
 #[test]
 fn rsa_option_issues_rsa_keys_that_verify() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::load_or_init(dir.path(), &plan(), KeyAlgorithm::Rsa2048).unwrap();
+    let pki = Pki::load_or_init(dir.path(), &plan(), Some(KeyAlgorithm::Rsa2048)).unwrap();
     assert_eq!(pki.key_algorithm(), KeyAlgorithm::Rsa2048);
     for rel in ["ca.key", "apiserver.key", "sa.key"] {
         let text = String::from_utf8(openssl(
@@ -332,12 +374,12 @@ fn rsa_option_issues_rsa_keys_that_verify() {
     });
     assert_chains_verify(dir.path());
     // The RSA material loads again unchanged.
-    let again = Pki::load_or_init(dir.path(), &plan(), KeyAlgorithm::Rsa2048).unwrap();
+    let again = Pki::load_or_init(dir.path(), &plan(), Some(KeyAlgorithm::Rsa2048)).unwrap();
     assert!(again.issued().is_empty());
     assert_eq!(again.ca_cert_hash(), pki.ca_cert_hash());
 
     // Switching to ECDSA re-issues the leaves with ECDSA keys; the RSA CAs stay.
-    let ec = Pki::load_or_init(dir.path(), &plan(), KeyAlgorithm::EcdsaP256).unwrap();
+    let ec = Pki::load_or_init(dir.path(), &plan(), Some(KeyAlgorithm::EcdsaP256)).unwrap();
     assert_eq!(ec.issued().len(), 6 + 9);
     assert!(ec.issued().iter().all(|i| i.reason == Reason::KeyAlgorithm));
     assert_eq!(ec.ca_cert_hash(), pki.ca_cert_hash());
@@ -456,7 +498,7 @@ fn summary_lists_cas_then_leaves_and_show_reads_without_writing() {
     );
     let table = summary_table(&rows);
     assert!(table.starts_with("NAME"));
-    assert!(table.contains("kubernetes.default.svc.rack1.example.internal"));
+    assert!(table.contains("kubernetes.default.svc.cluster.local"));
     assert_eq!(table.lines().count(), rows.len() + 1);
 }
 
