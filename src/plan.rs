@@ -106,6 +106,8 @@ pub struct OsPlan {
     pub ssh_authorized_keys: Vec<String>,
     /// Default install disk (nodes may override theirs).
     pub install_disk: String,
+    /// NVIDIA driver branch of GPU nodes (`570`, `570-open`).
+    pub nvidia_driver: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -141,6 +143,10 @@ pub struct AssetsPlan {
     pub kubernetes_bin: String,
     /// NVIDIA container toolkit tarball (its binaries at the top) for GPU nodes.
     pub nvidia_toolkit: String,
+    /// Flatcar's prebuilt `flatcar-nvidia-drivers-<branch>.raw` system extension for the
+    /// OS version, in the release server's layout; None where Flatcar has none (Ubuntu,
+    /// releases before [`NVIDIA_SYSEXT_SINCE`], `current`).
+    pub nvidia_drivers_sysext: Option<String>,
     /// The CNI reference plugins release ([`CNI_PLUGINS_VERSION`]) every node unpacks into
     /// /opt/cni/bin, and its tarball's URL.
     pub cni_plugins_version: String,
@@ -165,6 +171,18 @@ pub struct AddonsPlan {
 /// `bridge`, `host-local`, `portmap` and `loopback` (the `flannel` binary itself comes with
 /// flannel's DaemonSet), and neither Flatcar nor Ubuntu's containerd ships them.
 pub const CNI_PLUGINS_VERSION: &str = "1.5.1";
+
+/// The first Flatcar release whose release server ships the `nvidia-drivers-*` extensions.
+pub const NVIDIA_SYSEXT_SINCE: (u32, u32, u32) = (4344, 0, 0);
+
+/// Whether Flatcar `version` (`MAJOR.MINOR.PATCH`) comes with the NVIDIA driver extensions.
+pub fn flatcar_has_nvidia_sysext(version: &str) -> bool {
+    let parts: Vec<u32> = version.split('.').filter_map(|p| p.parse().ok()).collect();
+    match parts[..] {
+        [a, b, c] if version.split('.').count() == 3 => (a, b, c) >= NVIDIA_SYSEXT_SINCE,
+        _ => false,
+    }
+}
 
 pub const DEFAULT_FLANNEL: &str = "ghcr.io/flannel-io/flannel:v0.26.1";
 pub const DEFAULT_FLANNEL_CNI: &str = "ghcr.io/flannel-io/flannel-cni-plugin:v1.5.1-flannel2";
@@ -374,6 +392,7 @@ impl Plan {
                     .map(|a| a.value.clone())
                     .collect(),
                 install_disk: d.os.install_disk.value.clone(),
+                nvidia_driver: d.os.nvidia_driver.value.clone(),
             },
             registry: RegistryPlan {
                 upstreams: d
@@ -399,6 +418,16 @@ impl Plan {
                 nvidia_toolkit: format!(
                     "{http_base}/assets/nvidia/nvidia-container-toolkit-amd64.tar.gz"
                 ),
+                nvidia_drivers_sysext: (*d.os.profile == OsProfile::Flatcar
+                    && flatcar_has_nvidia_sysext(&d.os.version))
+                    .then(|| {
+                        format!(
+                            "{http_base}/{}/{}/flatcar-nvidia-drivers-{}.raw",
+                            flatcar_base(d.os.channel.as_ref().map(|c| c.value.as_str())),
+                            d.os.version.value,
+                            d.os.nvidia_driver.value
+                        )
+                    }),
                 cni_plugins_version: CNI_PLUGINS_VERSION.to_string(),
                 cni_plugins: format!(
                     "{http_base}/assets/cni/v{v}/cni-plugins-linux-amd64-v{v}.tgz",

@@ -224,6 +224,22 @@ fn network(s: &mut Section, cx: &mut Cx) -> Option<Network> {
     })
 }
 
+/// The NVIDIA driver branch GPU nodes get unless `os.nvidia_driver` names another.
+pub const DEFAULT_NVIDIA_DRIVER: &str = "570";
+
+/// A driver branch as Flatcar's extensions and Ubuntu's packages name it: three digits,
+/// optionally `-open` (NVIDIA's open kernel modules).
+fn check_nvidia_driver(v: &str) -> Result<(), String> {
+    let digits = v.strip_suffix("-open").unwrap_or(v);
+    if digits.len() == 3 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid NVIDIA driver branch `{v}`: expected three digits, optionally with `-open`, such as 570 or 570-open"
+        ))
+    }
+}
+
 fn os(s: &mut Section, cx: &mut Cx) -> Option<Os> {
     with(s, cx, |s, cx| {
         let profile = s.req(cx, "profile");
@@ -233,6 +249,8 @@ fn os(s: &mut Section, cx: &mut Cx) -> Option<Os> {
         cx.check(&install_disk, |v| check_disk(v));
         let kernel_args = s.list(cx, "kernel_args", "kernel arguments");
         let timezone = s.or(cx, "timezone", "UTC".to_string());
+        let nvidia_driver = s.or(cx, "nvidia_driver", DEFAULT_NVIDIA_DRIVER.to_string());
+        cx.check(&nvidia_driver, |v| check_nvidia_driver(v));
         let ssh_authorized_keys = s.list::<String>(cx, "ssh_authorized_keys", "SSH public keys");
         for k in &ssh_authorized_keys {
             cx.check(k, |v| {
@@ -256,6 +274,7 @@ fn os(s: &mut Section, cx: &mut Cx) -> Option<Os> {
             kernel_args,
             timezone,
             ssh_authorized_keys,
+            nvidia_driver,
         })
     })
 }

@@ -154,6 +154,9 @@ pub struct Os {
     pub kernel_args: Vec<At<String>>,
     pub timezone: At<String>,
     pub ssh_authorized_keys: Vec<At<String>>,
+    /// NVIDIA driver branch for GPU nodes (`570`, or `570-open` for the open kernel
+    /// modules): Flatcar's `nvidia-drivers-<branch>` extension, Ubuntu's `-server` packages.
+    pub nvidia_driver: At<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

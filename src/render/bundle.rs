@@ -314,8 +314,9 @@ pub fn installed_system(
         vec![],
     );
     if node.gpu == Gpu::Nvidia {
-        // Flatcar's nvidia.service builds and loads the driver on first boot.
-        b.unit("nvidia.service", None, vec![]);
+        if plan.os.profile == OsProfile::Flatcar {
+            nvidia_driver_flatcar(&mut b, plan);
+        }
         b.unit(
             "slipway-nvidia-toolkit.service",
             Some(r.render(NODE_NVIDIA_TOOLKIT, &ctx)?),
@@ -323,6 +324,38 @@ pub fn installed_system(
         );
     }
     Ok(b)
+}
+
+/// The NVIDIA driver on Flatcar: the release's prebuilt `nvidia-drivers-<branch>` system
+/// extension, downloaded from Slipway by Ignition to where Flatcar's initrd looks for an
+/// enabled extension (`/etc/flatcar/sysext/flatcar-<name>-<version>.raw`, else it downloads
+/// from the internet and fails the boot without), with the `/etc/extensions` link the
+/// initrd makes. `nvidia.service`, which would build the driver online, stays disabled.
+/// Releases without the extension keep `nvidia.service` (needs internet on first boot).
+fn nvidia_driver_flatcar(b: &mut Bundle, plan: &Plan) {
+    let Some(url) = &plan.assets.nvidia_drivers_sysext else {
+        b.unit("nvidia.service", None, vec![]);
+        return;
+    };
+    let name = format!("nvidia-drivers-{}", plan.os.nvidia_driver);
+    let image = format!(
+        "/etc/flatcar/sysext/flatcar-{name}-{}.raw",
+        plan.os.version
+    );
+    b.file("/etc/flatcar/enabled-sysext.conf", 0o644, format!("{name}\n"));
+    b.files.push(NodeFile {
+        path: image.clone(),
+        mode: 0o644,
+        contents: Contents::Remote(url.clone()),
+    });
+    b.links
+        .push((format!("/etc/extensions/flatcar-{name}.raw"), image));
+    b.units.push(Unit {
+        name: "nvidia.service".into(),
+        contents: None,
+        dropins: vec![],
+        enabled: false,
+    });
 }
 
 /// The PXE-booted Flatcar live system: installs to disk with the installed system's

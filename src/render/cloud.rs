@@ -6,6 +6,7 @@
 use serde_json::{Value, json};
 
 use super::bundle::{Bundle, Contents};
+use crate::desc::Gpu;
 use crate::plan::{NodePlan, Plan};
 
 /// The installed system's cloud-config (as a value, to nest inside the autoinstall).
@@ -54,6 +55,12 @@ pub fn installed_system(plan: &Plan, node: &NodePlan, b: &Bundle) -> Value {
     for (path, target) in &b.links {
         runcmd.push(json!(["ln", "-sf", target, path]));
     }
+    let mut packages = vec![json!("containerd"), json!("conntrack"), json!("socat"), json!("curl")];
+    if node.gpu == Gpu::Nvidia {
+        packages.extend(nvidia_packages(&plan.os.nvidia_driver).into_iter().map(Value::from));
+        // Installed by `packages` before runcmd; loaded before the toolkit and containerd.
+        runcmd.push(json!(["modprobe", "-a", "nvidia", "nvidia_uvm"]));
+    }
     runcmd.push(json!(["systemctl", "daemon-reload"]));
     for u in b.units.iter().filter(|u| u.enabled) {
         // Skip units the OS does not have (nvidia.service is Flatcar's).
@@ -67,10 +74,25 @@ pub fn installed_system(plan: &Plan, node: &NodePlan, b: &Bundle) -> Value {
         "timezone": plan.os.timezone,
         "ssh_authorized_keys": b.ssh_keys,
         "package_update": false,
-        "packages": ["containerd", "conntrack", "socat", "curl"],
+        "packages": packages,
         "write_files": write_files,
         "runcmd": runcmd,
     })
+}
+
+/// Ubuntu's NVIDIA server driver for `branch` (`570` or `570-open`) from the archive's
+/// restricted component: the prebuilt, signed kernel modules for the generic kernel (no
+/// DKMS build on the node), the user-space driver without DKMS, and nvidia-smi.
+pub fn nvidia_packages(branch: &str) -> Vec<String> {
+    let (digits, open) = match branch.strip_suffix("-open") {
+        Some(d) => (d, "-open"),
+        None => (branch, ""),
+    };
+    vec![
+        format!("linux-modules-nvidia-{digits}-server{open}-generic"),
+        format!("nvidia-headless-no-dkms-{digits}-server{open}"),
+        format!("nvidia-utils-{digits}-server"),
+    ]
 }
 
 /// A shell command that reports `state` to Slipway with the node's token.
