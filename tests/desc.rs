@@ -121,6 +121,7 @@ fn covers_every_validation_rule() {
         "even number of control-plane nodes",
         "missing required key",
         "syntax",
+        "invalid NVIDIA driver branch",
     ] {
         assert!(
             phrases.contains(phrase),

@@ -38,6 +38,8 @@ fn desc(profile: &str) -> Desc {
     let text = std::fs::read_to_string(manifest_dir().join("cluster-desc.example.yaml")).unwrap();
     let text = match profile {
         "flatcar" => text,
+        // A release with Flatcar's prebuilt NVIDIA driver extension (4344.0.0 and later).
+        "flatcar-sysext" => text.replace("version: \"4081.2.0\"", "version: \"4459.2.0\""),
         "ubuntu" => text
             .replace("profile: flatcar", "profile: ubuntu")
             .replace("version: \"4081.2.0\"", "version: \"24.04\""),
@@ -151,11 +153,15 @@ const NODES: [&str; 4] = ["cp-1", "cp-2", "worker-1", "gpu-1"];
 
 #[test]
 fn flatcar_ignition_validates_and_matches_snapshots() {
-    let d = desc("flatcar");
     let validator = have("ignition-validate");
-    for node in NODES {
-        let live = render(&d, node, "ignition");
-        let system = render(&d, node, "node-ignition");
+    let (old, sysext) = (desc("flatcar"), desc("flatcar-sysext"));
+    let cases = NODES
+        .iter()
+        .map(|n| (&old, *n, format!("flatcar-{n}.txt")))
+        .chain([(&sysext, "gpu-1", "flatcar-gpu-1-sysext.txt".to_string())]);
+    for (d, node, snapshot) in cases {
+        let live = render(d, node, "ignition");
+        let system = render(d, node, "node-ignition");
         let live_v: serde_json::Value = serde_json::from_str(&live).unwrap();
         let system_v: serde_json::Value = serde_json::from_str(&system).unwrap();
         // The installer carries exactly the installed system's config.
@@ -179,7 +185,7 @@ fn flatcar_ignition_validates_and_matches_snapshots() {
                 assert!(ok, "{node} {what}: ignition-validate: {out}");
             }
         }
-        golden(&format!("flatcar-{node}.txt"), &decoded(&system_v));
+        golden(&snapshot, &decoded(&system_v));
     }
     if validator {
         // The validator has teeth: a wrong type is refused.

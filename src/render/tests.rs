@@ -182,7 +182,17 @@ fn gpu_nodes_get_the_nvidia_runtime() {
         .iter()
         .map(|u| u["name"].as_str().unwrap())
         .collect();
-    assert!(units.contains(&"nvidia.service") && units.contains(&"slipway-nvidia-toolkit.service"));
+    assert!(units.contains(&"slipway-nvidia-toolkit.service"));
+    // 4081.2.0 predates Flatcar's driver extensions: nvidia.service builds the driver.
+    assert!(plan.assets.nvidia_drivers_sysext.is_none());
+    let nvidia = sys["systemd"]["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "nvidia.service")
+        .expect("nvidia.service");
+    assert_eq!(nvidia["enabled"], true);
+    assert!(file(&sys, "/etc/flatcar/enabled-sysext.conf").is_none());
     let plain = plan
         .nodes
         .iter()
@@ -342,4 +352,98 @@ fn every_node_unpacks_the_cni_plugins_before_the_kubelet() {
             .unwrap_or_else(|| panic!("{unit} not started: {runcmd:?}"))
     };
     assert!(at("slipway-cni-plugins.service") < at("slipway-join.service"));
+}
+
+/// The example description on a Flatcar release with the NVIDIA driver extensions, and
+/// the open-module branch.
+fn sysext_plan() -> Plan {
+    let text = include_str!("../../cluster-desc.example.yaml")
+        .replace("version: \"4081.2.0\"", "version: \"4459.2.0\"\n  nvidia_driver: 570-open");
+    Plan::from_desc(&crate::desc::parse_str("c.yaml", &text).unwrap_or_else(|e| panic!("{e}")))
+}
+
+#[test]
+fn flatcar_gpu_nodes_get_the_driver_extension_from_slipway() {
+    let plan = sysext_plan();
+    let r = Renderer::new(None).unwrap();
+    let url = format!(
+        "{}/assets/os/flatcar/stable/amd64-usr/4459.2.0/flatcar-nvidia-drivers-570-open.raw",
+        plan.bootstrapper.http_base
+    );
+    assert_eq!(plan.assets.nvidia_drivers_sysext.as_deref(), Some(url.as_str()));
+    let image = "/etc/flatcar/sysext/flatcar-nvidia-drivers-570-open-4459.2.0.raw";
+    let link = "/etc/extensions/flatcar-nvidia-drivers-570-open.raw";
+    for node in &plan.nodes {
+        let (text, _) = r.node_config(&plan, node, &secrets_for(&plan, node)).unwrap();
+        let sys = installed_ignition(&serde_json::from_str(&text).unwrap());
+        let links = sys["storage"]["links"].as_array().unwrap();
+        let nvidia = sys["systemd"]["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == "nvidia.service");
+        if node.gpu == crate::desc::Gpu::Nvidia {
+            let conf = file_text(file(&sys, "/etc/flatcar/enabled-sysext.conf").unwrap());
+            assert_eq!(conf, "nvidia-drivers-570-open\n");
+            let raw = file(&sys, image).expect("the extension image");
+            assert_eq!(raw["contents"]["source"], url.as_str());
+            assert!(
+                links.iter().any(|l| l["path"] == link && l["target"] == image),
+                "{links:?}"
+            );
+            // Disabled, so it never tries to build the driver online.
+            assert_eq!(nvidia.expect("nvidia.service")["enabled"], false);
+        } else {
+            assert!(file(&sys, "/etc/flatcar/enabled-sysext.conf").is_none());
+            assert!(file(&sys, image).is_none());
+            assert!(!links.iter().any(|l| l["path"] == link));
+            assert!(nvidia.is_none(), "{}", node.hostname);
+        }
+    }
+}
+
+#[test]
+fn ubuntu_gpu_nodes_install_the_server_driver() {
+    let text = include_str!("../../cluster-desc.example.yaml")
+        .replace("profile: flatcar", "profile: ubuntu")
+        .replace("version: \"4081.2.0\"", "version: \"24.04\"");
+    let plan =
+        Plan::from_desc(&crate::desc::parse_str("c.yaml", &text).unwrap_or_else(|e| panic!("{e}")));
+    assert!(plan.assets.nvidia_drivers_sysext.is_none());
+    let r = Renderer::new(None).unwrap();
+    let user_data = |node: &crate::plan::NodePlan| {
+        let (cc, _) = r.node_config(&plan, node, &secrets_for(&plan, node)).unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(cc.trim_start_matches("#cloud-config\n")).unwrap();
+        doc["autoinstall"]["user-data"].clone()
+    };
+    let driver = [
+        "linux-modules-nvidia-570-server-generic",
+        "nvidia-headless-no-dkms-570-server",
+        "nvidia-utils-570-server",
+    ];
+    for node in &plan.nodes {
+        let ud = user_data(node);
+        let packages: Vec<&str> = ud["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert!(packages.contains(&"containerd"), "{packages:?}");
+        let modprobe = ud["runcmd"].as_array().unwrap().iter().any(|c| c[0] == "modprobe");
+        let gpu = node.gpu == crate::desc::Gpu::Nvidia;
+        for p in driver {
+            assert_eq!(packages.contains(&p), gpu, "{}: {packages:?}", node.hostname);
+        }
+        assert_eq!(modprobe, gpu, "{}", node.hostname);
+    }
+    assert_eq!(
+        crate::render::cloud::nvidia_packages("550-open"),
+        [
+            "linux-modules-nvidia-550-server-open-generic",
+            "nvidia-headless-no-dkms-550-server-open",
+            "nvidia-utils-550-server",
+        ]
+    );
 }
