@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fills images/ (see images/README.md) on a machine with internet access, for the versions
 # in a cluster description: every image of its `images:` list as an OCI archive under oci/
-# (for `slipway images import`), the OS boot files, kubeadm/kubelet/kubectl and the CNI
-# plugins (sha256-checked) and the iPXE binaries. Copy the directory to an air-gapped bootstrapper afterwards.
+# (for `slipway images import`), the OS boot files (on Flatcar with GPU nodes, the NVIDIA
+# driver extension), kubeadm/kubelet/kubectl and the CNI plugins (sha256-checked) and the
+# iPXE binaries. Copy the directory to an air-gapped bootstrapper afterwards.
 #
 #   scripts/fetch-images.sh [-c cluster-desc.yaml] [-o images] [--arch amd64] [--dry-run]
 #
@@ -21,7 +22,7 @@ while [ $# -gt 0 ]; do
     -o|--out) out=$2; shift 2 ;;
     --arch) arch=$2; shift 2 ;;
     --dry-run) dry=1; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "fetch-images.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -67,6 +68,9 @@ version=$(field 'p["os"]["version"]')
 channel=$(field 'p["os"].get("channel") or "stable"')
 k8s=$(field 'p["cluster"]["kubernetes_version"].lstrip("v")')
 cni=$(field 'p["assets"]["cni_plugins_version"].lstrip("v")')
+driver=$(field 'p["os"]["nvidia_driver"]')
+sysext=$(field 'p["assets"].get("nvidia_drivers_sysext") or ""')
+gpu=$(field 'int(any(n["gpu"] == "nvidia" for n in p["nodes"]))')
 mapfile -t images < <(field '"\n".join(p["images"])')
 
 [ "$dry" = 1 ] || mkdir -p "$out/oci"
@@ -94,6 +98,16 @@ case "$profile" in
              flatcar_production_image.bin.bz2 flatcar_production_image.bin.bz2.sig; do
       fetch "$base/$f" "$dir/$f"
     done
+    # GPU nodes: the release's prebuilt NVIDIA driver extension (Flatcar 4344.0.0 and later;
+    # the plan has none for older releases, whose nodes build the driver online). The .sig
+    # is Flatcar's image signature, for `gpg --verify` with Flatcar's image signing key.
+    if [ "$gpu" = 1 ] && [ -n "$sysext" ] && [ "$arch" = amd64 ]; then
+      for f in "flatcar-nvidia-drivers-$driver.raw" "flatcar-nvidia-drivers-$driver.raw.sig"; do
+        fetch "$base/$f" "$dir/$f"
+      done
+    elif [ "$gpu" = 1 ]; then
+      echo "fetch-images.sh: Flatcar $version ($arch) has no prebuilt NVIDIA driver extension (amd64 has one from 4344.0.0 on): GPU nodes will build the driver from the internet" >&2
+    fi
     ;;
   ubuntu)
     base="https://releases.ubuntu.com/$version"

@@ -454,5 +454,42 @@ fn fetch_images_script_dry_run() {
     ] {
         assert!(text.contains(want), "missing `{want}` in:\n{text}");
     }
+    // 4081.2.0 predates Flatcar's NVIDIA driver extensions: none to fetch, and a warning.
+    assert!(!text.contains("nvidia-drivers"), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no prebuilt NVIDIA driver extension"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!Path::new("/nonexistent-images").exists());
+
+    // A release with them: the GPU nodes' driver extension of the description's branch, in
+    // the directory the plan's assets.nvidia_drivers_sysext URL serves.
+    let dir = tempfile::tempdir().unwrap();
+    let desc = dir.path().join("cluster-desc.yaml");
+    let example = std::fs::read_to_string(root.join("cluster-desc.example.yaml")).unwrap();
+    std::fs::write(
+        &desc,
+        example.replace(
+            "version: \"4081.2.0\"",
+            "version: \"4459.2.0\"\n  nvidia_driver: 570-open",
+        ),
+    )
+    .unwrap();
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("SLIPWAY", env!("CARGO_BIN_EXE_slipway"))
+        .args(["--dry-run", "-c"])
+        .arg(&desc)
+        .args(["-o", "/nonexistent-images"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for want in [
+        "curl -fL -o /nonexistent-images/os/flatcar/stable/amd64-usr/4459.2.0/flatcar-nvidia-drivers-570-open.raw https://stable.release.flatcar-linux.net/amd64-usr/4459.2.0/flatcar-nvidia-drivers-570-open.raw",
+        "flatcar-nvidia-drivers-570-open.raw.sig",
+    ] {
+        assert!(text.contains(want), "missing `{want}` in:\n{text}");
+    }
 }
