@@ -420,14 +420,14 @@ impl Plan {
                 ),
                 nvidia_drivers_sysext: (*d.os.profile == OsProfile::Flatcar
                     && flatcar_has_nvidia_sysext(&d.os.version))
-                    .then(|| {
-                        format!(
-                            "{http_base}/{}/{}/flatcar-nvidia-drivers-{}.raw",
-                            flatcar_base(d.os.channel.as_ref().map(|c| c.value.as_str())),
-                            d.os.version.value,
-                            d.os.nvidia_driver.value
-                        )
-                    }),
+                .then(|| {
+                    format!(
+                        "{http_base}/{}/{}/flatcar-nvidia-drivers-{}.raw",
+                        flatcar_base(d.os.channel.as_ref().map(|c| c.value.as_str())),
+                        d.os.version.value,
+                        d.os.nvidia_driver.value
+                    )
+                }),
                 cni_plugins_version: CNI_PLUGINS_VERSION.to_string(),
                 cni_plugins: format!(
                     "{http_base}/assets/cni/v{v}/cni-plugins-linux-amd64-v{v}.tgz",

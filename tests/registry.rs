@@ -470,10 +470,9 @@ fn fetch_images_script_dry_run() {
     let example = std::fs::read_to_string(root.join("cluster-desc.example.yaml")).unwrap();
     std::fs::write(
         &desc,
-        example.replace(
-            "version: \"4081.2.0\"",
-            "version: \"4459.2.0\"\n  nvidia_driver: 570-open",
-        ),
+        example
+            .replace("version: \"4081.2.0\"", "version: \"4459.2.0\"")
+            .replace("nvidia_driver: \"570\"", "nvidia_driver: 570-open"),
     )
     .unwrap();
     let out = Command::new("bash")

@@ -338,11 +338,12 @@ fn nvidia_driver_flatcar(b: &mut Bundle, plan: &Plan) {
         return;
     };
     let name = format!("nvidia-drivers-{}", plan.os.nvidia_driver);
-    let image = format!(
-        "/etc/flatcar/sysext/flatcar-{name}-{}.raw",
-        plan.os.version
+    let image = format!("/etc/flatcar/sysext/flatcar-{name}-{}.raw", plan.os.version);
+    b.file(
+        "/etc/flatcar/enabled-sysext.conf",
+        0o644,
+        format!("{name}\n"),
     );
-    b.file("/etc/flatcar/enabled-sysext.conf", 0o644, format!("{name}\n"));
     b.files.push(NodeFile {
         path: image.clone(),
         mode: 0o644,

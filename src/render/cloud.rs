@@ -55,9 +55,18 @@ pub fn installed_system(plan: &Plan, node: &NodePlan, b: &Bundle) -> Value {
     for (path, target) in &b.links {
         runcmd.push(json!(["ln", "-sf", target, path]));
     }
-    let mut packages = vec![json!("containerd"), json!("conntrack"), json!("socat"), json!("curl")];
+    let mut packages = vec![
+        json!("containerd"),
+        json!("conntrack"),
+        json!("socat"),
+        json!("curl"),
+    ];
     if node.gpu == Gpu::Nvidia {
-        packages.extend(nvidia_packages(&plan.os.nvidia_driver).into_iter().map(Value::from));
+        packages.extend(
+            nvidia_packages(&plan.os.nvidia_driver)
+                .into_iter()
+                .map(Value::from),
+        );
         // Installed by `packages` before runcmd; loaded before the toolkit and containerd.
         runcmd.push(json!(["modprobe", "-a", "nvidia", "nvidia_uvm"]));
     }

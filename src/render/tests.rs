@@ -358,7 +358,8 @@ fn every_node_unpacks_the_cni_plugins_before_the_kubelet() {
 /// the open-module branch.
 fn sysext_plan() -> Plan {
     let text = include_str!("../../cluster-desc.example.yaml")
-        .replace("version: \"4081.2.0\"", "version: \"4459.2.0\"\n  nvidia_driver: 570-open");
+        .replace("version: \"4081.2.0\"", "version: \"4459.2.0\"")
+        .replace("nvidia_driver: \"570\"", "nvidia_driver: 570-open");
     Plan::from_desc(&crate::desc::parse_str("c.yaml", &text).unwrap_or_else(|e| panic!("{e}")))
 }
 
@@ -370,11 +371,16 @@ fn flatcar_gpu_nodes_get_the_driver_extension_from_slipway() {
         "{}/assets/os/flatcar/stable/amd64-usr/4459.2.0/flatcar-nvidia-drivers-570-open.raw",
         plan.bootstrapper.http_base
     );
-    assert_eq!(plan.assets.nvidia_drivers_sysext.as_deref(), Some(url.as_str()));
+    assert_eq!(
+        plan.assets.nvidia_drivers_sysext.as_deref(),
+        Some(url.as_str())
+    );
     let image = "/etc/flatcar/sysext/flatcar-nvidia-drivers-570-open-4459.2.0.raw";
     let link = "/etc/extensions/flatcar-nvidia-drivers-570-open.raw";
     for node in &plan.nodes {
-        let (text, _) = r.node_config(&plan, node, &secrets_for(&plan, node)).unwrap();
+        let (text, _) = r
+            .node_config(&plan, node, &secrets_for(&plan, node))
+            .unwrap();
         let sys = installed_ignition(&serde_json::from_str(&text).unwrap());
         let links = sys["storage"]["links"].as_array().unwrap();
         let nvidia = sys["systemd"]["units"]
@@ -388,7 +394,9 @@ fn flatcar_gpu_nodes_get_the_driver_extension_from_slipway() {
             let raw = file(&sys, image).expect("the extension image");
             assert_eq!(raw["contents"]["source"], url.as_str());
             assert!(
-                links.iter().any(|l| l["path"] == link && l["target"] == image),
+                links
+                    .iter()
+                    .any(|l| l["path"] == link && l["target"] == image),
                 "{links:?}"
             );
             // Disabled, so it never tries to build the driver online.
@@ -412,7 +420,9 @@ fn ubuntu_gpu_nodes_install_the_server_driver() {
     assert!(plan.assets.nvidia_drivers_sysext.is_none());
     let r = Renderer::new(None).unwrap();
     let user_data = |node: &crate::plan::NodePlan| {
-        let (cc, _) = r.node_config(&plan, node, &secrets_for(&plan, node)).unwrap();
+        let (cc, _) = r
+            .node_config(&plan, node, &secrets_for(&plan, node))
+            .unwrap();
         let doc: serde_json::Value =
             serde_json::from_str(cc.trim_start_matches("#cloud-config\n")).unwrap();
         doc["autoinstall"]["user-data"].clone()
@@ -431,10 +441,19 @@ fn ubuntu_gpu_nodes_install_the_server_driver() {
             .map(|p| p.as_str().unwrap())
             .collect();
         assert!(packages.contains(&"containerd"), "{packages:?}");
-        let modprobe = ud["runcmd"].as_array().unwrap().iter().any(|c| c[0] == "modprobe");
+        let modprobe = ud["runcmd"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c[0] == "modprobe");
         let gpu = node.gpu == crate::desc::Gpu::Nvidia;
         for p in driver {
-            assert_eq!(packages.contains(&p), gpu, "{}: {packages:?}", node.hostname);
+            assert_eq!(
+                packages.contains(&p),
+                gpu,
+                "{}: {packages:?}",
+                node.hostname
+            );
         }
         assert_eq!(modprobe, gpu, "{}", node.hostname);
     }
@@ -446,4 +465,13 @@ fn ubuntu_gpu_nodes_install_the_server_driver() {
             "nvidia-utils-550-server",
         ]
     );
+}
+
+#[test]
+fn the_driver_extension_starts_with_flatcar_4344() {
+    use crate::plan::flatcar_has_nvidia_sysext as has;
+    assert!(has("4344.0.0") && has("4459.2.0") && has("10000.0.0"));
+    assert!(!has("4343.99.9") && !has("4081.2.0"));
+    // The file name carries the exact version, which `current` does not tell.
+    assert!(!has("current") && !has("4344.0") && !has("4344.0.0.1"));
 }
