@@ -10,35 +10,7 @@ use common::{Host, Lan, Slipway, TestDesc, netns_available};
 const CP: &str = "52:54:00:00:00:11";
 const BASE: &str = "http://10.20.0.2:8080";
 
-/// curl inside `host`: (HTTP status, body).
-fn curl(host: &Host, args: &[&str]) -> (u16, String) {
-    let out = host
-        .command("curl")
-        .args(["-sS", "-m", "10", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl runs");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    (code.trim().parse().expect("status code"), body.to_string())
-}
-
-fn token_of(script: &str) -> String {
-    let kernel = script
-        .lines()
-        .find(|l| l.starts_with("kernel "))
-        .unwrap_or_else(|| panic!("no kernel line in\n{script}"));
-    kernel
-        .split_whitespace()
-        .find_map(|a| a.strip_prefix("slipway.token="))
-        .expect("slipway.token= in the kernel arguments")
-        .to_string()
-}
+use common::{boot_token as token_of, curl_status as curl};
 
 /// Every inline file of the installed system inside a live-installer Ignition, decoded and
 /// concatenated.

@@ -9,29 +9,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Host, Lan, Slipway, TestDesc, have, netns_available};
+use common::{Host, Lan, Slipway, TestDesc, need};
 use slipway::status::NodeState;
 use slipway::store::Store;
 
 const BASE: &str = "http://10.20.0.2:8080";
 const WORKER_MAC: &str = "52:54:00:00:00:21";
 const KERNEL: &str = "os/flatcar/stable/amd64-usr/4081.2.0/flatcar_production_pxe.vmlinuz";
-
-fn need(programs: &[&str]) -> bool {
-    if !netns_available() {
-        return false;
-    }
-    for p in programs {
-        if !have(p) {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{p} is required in CI (scripts/test.sh installs it)");
-            }
-            eprintln!("SKIPPED: {p} is not installed");
-            return false;
-        }
-    }
-    true
-}
 
 /// A LAN with Slipway at 10.20.0.2 (HTTP only) and a client at `client_ip`.
 fn lan(tag: &str, client_ip: &str) -> (Lan, Host, Host, Slipway) {

@@ -13,6 +13,7 @@ use std::net::UdpSocket;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::need;
 use slipway::status::NodeState;
 use slipway::store::Store;
 use slipway::tftp::packet::{self, Packet, RRQ, WRQ};

@@ -9,6 +9,7 @@ mod tftp_support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::need;
 use slipway::tftp::packet::{self, ErrorCode, Packet, RRQ};
 use tftp_support::*;
 

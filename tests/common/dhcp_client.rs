@@ -7,25 +7,9 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::{Host, Slipway, have, netns_available};
+use crate::common::{Host, Slipway};
 use dhcproto::v4::{DhcpOption, Message, MessageType};
 use dhcproto::{Decodable, Encodable};
-
-pub fn need(programs: &[&str]) -> bool {
-    if !netns_available() {
-        return false;
-    }
-    for p in programs {
-        if !have(p) {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{p} is required in CI (scripts/test.sh installs it)");
-            }
-            eprintln!("SKIPPED: {p} is not installed");
-            return false;
-        }
-    }
-    true
-}
 
 /// Writes a client hook script that saves its environment to `out` when bound.
 pub fn env_script(dir: &Path, name: &str, bound_when: &str) -> (String, String) {

@@ -83,6 +83,55 @@ pub fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether a network test can run with these programs: without them it is skipped, except
+/// in CI (CI=true), where a missing program fails the test.
+pub fn need(programs: &[&str]) -> bool {
+    if !netns_available() {
+        return false;
+    }
+    for p in programs {
+        if !have(p) {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{p} is required in CI (scripts/test.sh installs it)");
+            }
+            eprintln!("SKIPPED: {p} is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+/// curl inside `host`: (HTTP status, body).
+pub fn curl_status(host: &Host, args: &[&str]) -> (u16, String) {
+    let out = host
+        .command("curl")
+        .args(["-sS", "-m", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (code.trim().parse().expect("status code"), body.to_string())
+}
+
+/// The one-time token on an install script's kernel line.
+pub fn boot_token(script: &str) -> String {
+    let kernel = script
+        .lines()
+        .find(|l| l.starts_with("kernel "))
+        .unwrap_or_else(|| panic!("no kernel line in\n{script}"));
+    kernel
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("slipway.token="))
+        .expect("slipway.token= in the kernel arguments")
+        .to_string()
+}
+
 /// A private L2 segment: a namespace holding bridge `br0`.
 pub struct Lan {
     pub ns: String,

@@ -8,29 +8,13 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{Host, Lan, Slipway, TestDesc, have, netns_available};
+use crate::common::{Host, Lan, Slipway, TestDesc};
 use slipway::tftp::packet::{self, Packet};
 
 pub const SERVER: &str = "10.20.0.2:69";
 /// The client poses as worker-1 (its planned address), so transfers move its lifecycle.
 pub const CLIENT_IP: &str = "10.20.0.21/24";
 pub const WORKER_MAC: &str = "52:54:00:00:00:21";
-
-pub fn need(programs: &[&str]) -> bool {
-    if !netns_available() {
-        return false;
-    }
-    for p in programs {
-        if !have(p) {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{p} is required in CI (scripts/test.sh installs it)");
-            }
-            eprintln!("SKIPPED: {p} is not installed");
-            return false;
-        }
-    }
-    true
-}
 
 pub struct Net {
     // Field order is drop order: the server goes before the LAN.
