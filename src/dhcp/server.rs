@@ -84,6 +84,19 @@ impl Outcome {
         Outcome::Shed,
     ];
 
+    /// RELEASE and DECLINE never get a reply (the engine says `NoReplyNeeded`): one that
+    /// changed the lease table was acted on, one that named no lease of the client's was not.
+    pub fn of(decided: &engine::Outcome) -> Outcome {
+        match (&decided.silence, &decided.reply) {
+            (_, Some(_)) => Outcome::Answered,
+            (Some(engine::Silence::NoReplyNeeded), None) if !decided.ops.is_empty() => {
+                Outcome::Accepted
+            }
+            (Some(_), None) => Outcome::Ignored,
+            (None, None) => Outcome::Accepted,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Answered => "answered",
@@ -376,11 +389,7 @@ fn receiver(
             };
             let decided = engine::handle(&ctx, &mut table, &req, port);
             let kind = u8::from(req.kind);
-            let outcome = match (&decided.silence, &decided.reply) {
-                (Some(_), _) => Outcome::Ignored,
-                (None, Some(_)) => Outcome::Answered,
-                (None, None) => Outcome::Accepted,
-            };
+            let outcome = Outcome::of(&decided);
             if let Some(why) = decided.silence {
                 Stats::bump(&stats.ignored);
                 tracing::debug!(mac = %req.mac, kind = ?req.kind, ?why, "no DHCP reply");
@@ -570,6 +579,31 @@ mod tests {
         assert_eq!(get("release", Outcome::Accepted), 1);
         assert_eq!(get("other", Outcome::Ignored), 1);
         assert_eq!(get("inform", Outcome::Answered), 0);
+    }
+
+    #[test]
+    fn releases_that_change_a_lease_count_as_accepted() {
+        use crate::store::Op;
+        let acted = engine::Outcome {
+            ops: vec![Op::Event {
+                kind: "dhcp.decline".into(),
+                mac: None,
+                message: String::new(),
+            }],
+            silence: Some(engine::Silence::NoReplyNeeded),
+            ..Default::default()
+        };
+        assert_eq!(Outcome::of(&acted), Outcome::Accepted);
+        let nothing = engine::Outcome {
+            silence: Some(engine::Silence::NoReplyNeeded),
+            ..Default::default()
+        };
+        assert_eq!(Outcome::of(&nothing), Outcome::Ignored);
+        let unknown = engine::Outcome {
+            silence: Some(engine::Silence::UnknownMac),
+            ..Default::default()
+        };
+        assert_eq!(Outcome::of(&unknown), Outcome::Ignored);
     }
 
     #[test]
