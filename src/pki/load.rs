@@ -101,7 +101,8 @@ pub(super) fn open(
     } else {
         files::ensure_dir(&dir)?;
     }
-    let chosen = requested.or(read_alg(&dir)?);
+    let persisted = read_alg(&dir)?;
+    let chosen = requested.or(persisted);
     let mut issued = Vec::new();
     let mut cas = BTreeMap::new();
     for kind in CaKind::ALL {
@@ -115,7 +116,7 @@ pub(super) fn open(
     let fresh = issued
         .iter()
         .any(|i| i.name == "ca" && i.reason == Reason::Missing);
-    if mode != Mode::ReadOnly && (requested.is_some() || fresh) && read_alg(&dir)? != Some(alg) {
+    if mode != Mode::ReadOnly && (requested.is_some() || fresh) && persisted != Some(alg) {
         files::write_atomic(
             &dir.join(ALG_FILE),
             format!("{}\n", alg.name()).as_bytes(),

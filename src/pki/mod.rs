@@ -294,9 +294,7 @@ impl Pki {
     /// re-issues what is missing, expiring or stale. Returns what was issued.
     pub fn refresh(&mut self, plan: &Plan) -> Result<Vec<Issued>, PkiError> {
         let mut issued = load::leaves(self, plan, load::Mode::Init)?;
-        let (token, token_issued) = load::ensure_token(&self.dir, Some(&self.token))?;
-        self.token = token;
-        issued.extend(token_issued);
+        issued.extend(self.refresh_token()?);
         Ok(issued)
     }
 
