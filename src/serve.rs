@@ -221,7 +221,21 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
             shutdown.clone(),
         )))
     };
-    let registry = if opts.disable.contains(&Service::Registry) {
+    // One TLS setup (resolver, certificate cache) for every TLS listener.
+    let serves_registry = !opts.disable.contains(&Service::Registry);
+    let tls_config = {
+        let plan = app.plan();
+        if (serves_registry && plan.bootstrapper.registry_tls)
+            || plan.bootstrapper.https_port.is_some()
+        {
+            Some(crate::http::tls::server_config(&app).context(
+                "registry.tls / bootstrapper.ports.https: loading Slipway's serving certificate",
+            )?)
+        } else {
+            None
+        }
+    };
+    let registry = if !serves_registry {
         None
     } else {
         let plan = app.plan();
@@ -237,14 +251,9 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
             .await
             .with_context(|| format!("binding the registry on {addr}"))?;
         let registry_addr = listener.local_addr()?;
-        let tls = if plan.bootstrapper.registry_tls {
-            Some(
-                crate::http::tls::server_config(&app)
-                    .context("registry.tls: loading Slipway's serving certificate")?,
-            )
-        } else {
-            None
-        };
+        let tls = tls_config
+            .clone()
+            .filter(|_| plan.bootstrapper.registry_tls);
         tracing::info!(%registry_addr, offline = opts.registry.offline, tls = tls.is_some(), "registry serving");
         let registry = Arc::new(registry);
         let _ = app.registry.set(registry.clone());
@@ -266,12 +275,10 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
                 .await
                 .with_context(|| format!("binding HTTPS on {addr}"))?;
             let https_addr = listener.local_addr()?;
-            let tls = crate::http::tls::server_config(&app)
-                .context("bootstrapper.ports.https: loading Slipway's serving certificate")?;
             tracing::info!(%https_addr, "HTTPS serving");
             Some(tokio::spawn(crate::http::serve_router(
                 listener,
-                Some(tls),
+                tls_config.clone(),
                 crate::http::router(app.clone()),
                 shutdown.clone().wait(),
             )))

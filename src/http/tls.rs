@@ -73,7 +73,21 @@ impl fmt::Debug for PkiCert {
 impl PkiCert {
     fn current(&self) -> Result<Arc<CertifiedKey>, String> {
         let pki = self.app.pki.as_ref().ok_or("no cluster PKI loaded")?;
-        let pki = pki.read().unwrap_or_else(|e| e.into_inner());
+        // A handshake runs on an async worker: while a reload or token rotation holds the
+        // PKI for writing (key generation, file writes), serve the certificate cached so far
+        // instead of blocking the worker.
+        let pki = match pki.try_read() {
+            Ok(p) => p,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((_, ck)) = cached.as_ref() {
+                    return Ok(ck.clone());
+                }
+                drop(cached);
+                pki.read().unwrap_or_else(|e| e.into_inner())
+            }
+        };
         let (cert, key) = pki.slipway_tls();
         let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((pem, ck)) = cached.as_ref()
