@@ -4,7 +4,7 @@
 //! dropped; nodes still get every name in their timesyncd configuration.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::app::App;
@@ -16,19 +16,17 @@ const REFRESH: Duration = Duration::from_secs(3600);
 const RETRY: Duration = Duration::from_secs(60);
 const TICK: Duration = Duration::from_millis(200);
 
-/// The addresses resolved so far, shared with the receiver threads.
+/// The addresses resolved so far, shared with the receiver threads (read once per batch).
 #[derive(Debug, Default)]
-pub struct Resolved(Mutex<Arc<Vec<Ipv4Addr>>>);
+pub struct Resolved(arc_swap::ArcSwap<Vec<Ipv4Addr>>);
 
 impl Resolved {
     pub fn get(&self) -> Arc<Vec<Ipv4Addr>> {
-        self.0.lock().map(|g| g.clone()).unwrap_or_default()
+        self.0.load_full()
     }
 
     fn set(&self, addrs: Vec<Ipv4Addr>) {
-        if let Ok(mut g) = self.0.lock() {
-            *g = Arc::new(addrs);
-        }
+        self.0.store(Arc::new(addrs));
     }
 }
 
