@@ -253,38 +253,44 @@ mod tests {
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
     }
 
-    fn example_pki(dir: &std::path::Path) -> crate::pki::Pki {
-        let desc = crate::desc::load(std::path::Path::new("cluster-desc.example.yaml")).unwrap();
-        let plan = crate::plan::Plan::from_desc(&desc);
-        crate::pki::Pki::load_or_init(dir, &plan, None).unwrap()
+    /// An App holding the example cluster's PKI, as `serve` builds it.
+    fn example_app(dir: &std::path::Path) -> Arc<App> {
+        let cfg =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster-desc.example.yaml");
+        let plan = crate::plan::Plan::from_desc(&crate::desc::load(&cfg).unwrap());
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(crate::store::open(&dir.join("state")).unwrap());
+        let pki = crate::pki::Pki::load_or_init(dir, &plan, None).unwrap();
+        let options = crate::app::AppOptions {
+            pki: Some(pki),
+            ..Default::default()
+        };
+        App::new(cfg, plan, store, options).unwrap()
     }
 
-    /// The listener behind a real server: a client trusting the cluster CA gets its reply
-    /// although a silent client connected first; plain HTTP gets the 400.
+    /// The listener behind a real server, with the TLS settings `serve` uses: a client
+    /// trusting the cluster CA gets its reply although a silent client connected first;
+    /// plain HTTP gets the 400.
     #[tokio::test]
     async fn serves_tls_past_a_silent_client_and_answers_plain_http() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = example_pki(dir.path());
-        let (cert, key) = pki.slipway_tls();
-        let p = provider();
-        let mut config = ServerConfig::builder_with_provider(p.clone())
-            .with_safe_default_protocol_versions()
+        let app = example_app(dir.path());
+        let config = server_config(&app).unwrap();
+        let ca_pem = app
+            .pki
+            .as_ref()
             .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap(),
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            .read()
+            .unwrap()
+            .ca_cert_pem()
+            .to_string();
+        let p = provider();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
         tokio::spawn(super::super::serve_router(
             listener,
-            Some(Arc::new(config)),
+            Some(config),
             router,
             std::future::pending(),
         ));
@@ -292,7 +298,7 @@ mod tests {
         let _silent = TcpStream::connect(addr).await.unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots
-            .add(CertificateDer::from_pem_slice(pki.ca_cert_pem().as_bytes()).unwrap())
+            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
             .unwrap();
         let client = rustls::ClientConfig::builder_with_provider(p)
             .with_safe_default_protocol_versions()
@@ -325,7 +331,8 @@ mod tests {
     #[test]
     fn pki_material_loads_and_garbage_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = example_pki(dir.path());
+        let app = example_app(dir.path());
+        let pki = app.pki.as_ref().unwrap().read().unwrap();
         let (cert, key) = pki.slipway_tls();
         let p = provider();
         assert!(certified_key(cert, key, &p).is_ok());
