@@ -19,6 +19,32 @@ const BASE: &str = "http://10.20.0.2:8080";
 const CACHED: &str = "docker.io/library/busybox:1.36";
 const MISSING: &str = "registry.k8s.io/pause:3.10";
 
+/// Runs a tests/web driver script inside `host` with the admin token in SLIPWAY_TOKEN;
+/// the script reports on stdout and waits for the test's lines on stdin.
+fn browser(
+    host: &Host,
+    script: &str,
+    args: &[&str],
+    token: &str,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let mut child = host
+        .command("node")
+        .arg(web_dir().join(script))
+        .args(args)
+        .env("SLIPWAY_TOKEN", token)
+        .current_dir(web_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let out = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, out)
+}
+
 fn web_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/web")
 }
@@ -95,20 +121,21 @@ fn status_page_updates_live_in_chromium() {
 
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/status-page.png");
     let _ = std::fs::remove_file(&shot);
-    let mut browser = viewer
-        .command("node")
-        .arg(web_dir().join("ui.mjs"))
-        .args([&format!("{BASE}/"), "cp-1", "planned", "pxe"])
-        .arg(&shot)
-        .args([CACHED, MISSING])
-        .env("SLIPWAY_TOKEN", &token)
-        .current_dir(web_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node runs");
-    let mut out = BufReader::new(browser.stdout.take().unwrap()).lines();
+    let shot_arg = shot.to_str().unwrap();
+    let (mut browser, mut out) = browser(
+        &viewer,
+        "ui.mjs",
+        &[
+            &format!("{BASE}/"),
+            "cp-1",
+            "planned",
+            "pxe",
+            shot_arg,
+            CACHED,
+            MISSING,
+        ],
+        &token,
+    );
     let first = out.next().expect("browser output").unwrap();
     assert_eq!(first, "LOADED", "page did not load: {first}");
 
@@ -278,18 +305,12 @@ fn outside_the_cluster(outsider: &Host, token: &str) {
 /// The page in Chromium from outside: empty until the token is entered, then filled and
 /// live (the node's next step shows without a reload).
 fn page_from_outside(outsider: &Host, node: &Host, token: &str) {
-    let mut browser = outsider
-        .command("node")
-        .arg(web_dir().join("outside.mjs"))
-        .args([&format!("{BASE}/"), "cp-1", "pxe"])
-        .env("SLIPWAY_TOKEN", token)
-        .current_dir(web_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node runs");
-    let mut out = BufReader::new(browser.stdout.take().unwrap()).lines();
+    let (mut browser, mut out) = browser(
+        outsider,
+        "outside.mjs",
+        &[&format!("{BASE}/"), "cp-1", "pxe"],
+        token,
+    );
     let first = out.next().expect("browser output").unwrap();
     assert_eq!(first, "READY", "page from outside: {first}");
     // cp-1 is `planned` again (reinstalled from the page); its script fetch moves it on.

@@ -4,20 +4,11 @@
 // "READY" once live, waits for a line on stdin (the test moved NODE on), prints "LIVE"
 // when the row shows NEXT_STATE without a reload.
 // Usage: SLIPWAY_TOKEN=... node outside.mjs URL NODE NEXT_STATE
-import { chromium } from "playwright-core";
+import { launch } from "./browser.mjs";
 import readline from "node:readline";
 
 const [url, node, next] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const fail = async (msg) => {
-  console.log("FAIL " + msg);
-  await browser.close();
-  process.exit(1);
-};
+const { browser, fail } = await launch();
 try {
   const page = await browser.newPage();
   await page.goto(url);

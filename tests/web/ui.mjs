@@ -7,20 +7,11 @@
 //   images are listed; takes the screenshot; then the reinstall action is refused without
 //   the admin token and works with it (the row goes back to `planned`). Prints "LIVE".
 // Usage: SLIPWAY_TOKEN=... node ui.mjs URL NODE FIRST_STATE NEXT_STATE SCREENSHOT CACHED MISSING
-import { chromium } from "playwright-core";
+import { launch } from "./browser.mjs";
 import readline from "node:readline";
 
 const [url, node, first, next, shot, cached, missing] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const fail = async (msg) => {
-  console.log("FAIL " + msg);
-  await browser.close();
-  process.exit(1);
-};
+const { browser, fail } = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   const errors = [];
